@@ -1,0 +1,406 @@
+//! Session mounts: the map from mount names to host folders, how it is built
+//! from a spawn's `additionalMounts` and earlier `mountPath` calls, which
+//! host folders may be mounted, and guest-path translation through it.
+
+use std::path::{Path, PathBuf};
+
+use cowork_protocol::params::MountSpec;
+
+use crate::fs_view::FsView;
+use crate::names::validate_mount_name;
+use crate::paths::{is_within, join_within, normalize, resolve_subpath};
+
+/// Access a sandboxed process gets to a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MountMode {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl MountMode {
+    /// The client's mode string: `"ro"` is read-only, `"rw"`, `"rwd"` and a
+    /// missing mode are read-write. Anything else fails closed to read-only.
+    pub fn from_client(mode: Option<&str>) -> Self {
+        match mode {
+            None | Some("rw") | Some("rwd") => MountMode::ReadWrite,
+            Some(_) => MountMode::ReadOnly,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountMode::ReadOnly => "ro",
+            MountMode::ReadWrite => "rw",
+        }
+    }
+}
+
+/// One named host folder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mount {
+    pub name: String,
+    pub host: PathBuf,
+    pub mode: MountMode,
+}
+
+/// Mount name -> host folder, in insertion order (the order decides the
+/// primary mount and the bind order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MountMap {
+    entries: Vec<Mount>,
+}
+
+impl MountMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces; a replaced entry keeps its original position, as
+    /// a JavaScript object key would.
+    pub fn insert(&mut self, mount: Mount) {
+        match self.entries.iter_mut().find(|m| m.name == mount.name) {
+            Some(slot) => *slot = mount,
+            None => self.entries.push(mount),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Mount> {
+        self.entries.iter().find(|m| m.name == name)
+    }
+
+    /// Looks a guest mount name up the way the client's names drift: exact,
+    /// then with a leading dot added, then with it removed (the app's path
+    /// normalizer strips leading dots).
+    pub fn lookup(&self, name: &str) -> Option<&Mount> {
+        self.get(name)
+            .or_else(|| self.get(&format!(".{name}")))
+            .or_else(|| name.strip_prefix('.').and_then(|bare| self.get(bare)))
+    }
+
+    /// The user's project folder: the first mount whose name does not start
+    /// with a dot and is not `uploads`.
+    pub fn primary(&self) -> Option<&Mount> {
+        self.entries
+            .iter()
+            .find(|m| !m.name.starts_with('.') && m.name != "uploads")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Mount> {
+        self.entries.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// A mount that was asked for and refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedMount {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Host folders that are never mounted into a session: the system's own
+/// trees (and everything below them) ...
+const FORBIDDEN_TREES: &[&str] = &["/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/etc"];
+/// ... and roots that would expose far more than one project.
+const FORBIDDEN_EXACT: &[&str] = &[
+    "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/var", "/tmp",
+    "/var/tmp", "/root", "/home", "/nix", "/opt", "/srv", "/mnt", "/media",
+];
+
+fn forbidden_reason(path: &Path) -> Option<String> {
+    if FORBIDDEN_EXACT.iter().any(|f| path == Path::new(f)) {
+        return Some(format!("{} is a system path", path.display()));
+    }
+    FORBIDDEN_TREES
+        .iter()
+        .find(|f| is_within(path, Path::new(f)))
+        .map(|f| format!("{} is under the system path {f}", path.display()))
+}
+
+/// Checks a host folder about to become a session mount. Folders inside
+/// `$HOME` and project folders elsewhere are fine; system paths are not,
+/// whether named directly or reached through a symlink.
+pub fn check_mount_source(host: &Path, fs: &dyn FsView) -> Result<(), String> {
+    let normalized = normalize(host);
+    if let Some(reason) = forbidden_reason(&normalized) {
+        return Err(reason);
+    }
+    if let Some(real) = fs.canonicalize(&normalized)
+        && real != normalized
+        && let Some(reason) = forbidden_reason(&real)
+    {
+        return Err(format!("symlink resolves to {}: {reason}", real.display()));
+    }
+    Ok(())
+}
+
+/// Builds a session's mount map from the mounts recorded by `mountPath`
+/// (`binds`) overlaid with the spawn's `additionalMounts` (which win).
+/// Entries without a path are skipped silently (as the reference does);
+/// bad names and forbidden folders are returned as rejections.
+pub fn build_mount_map(
+    additional: &[(String, Option<MountSpec>)],
+    binds: &[Mount],
+    home: &Path,
+    fs: &dyn FsView,
+) -> (MountMap, Vec<RejectedMount>) {
+    let mut map = MountMap::new();
+    let mut rejected = Vec::new();
+    for bind in binds {
+        map.insert(bind.clone());
+    }
+    for (name, spec) in additional {
+        let Some(MountSpec {
+            path: Some(path),
+            mode,
+        }) = spec
+        else {
+            continue;
+        };
+        if let Err(e) = validate_mount_name(name) {
+            rejected.push(RejectedMount {
+                name: name.clone(),
+                reason: e.to_string(),
+            });
+            continue;
+        }
+        let host = resolve_subpath(path, home, fs);
+        if let Err(reason) = check_mount_source(&host, fs) {
+            rejected.push(RejectedMount {
+                name: name.clone(),
+                reason,
+            });
+            continue;
+        }
+        map.insert(Mount {
+            name: name.clone(),
+            host,
+            mode: MountMode::from_client(mode.as_deref()),
+        });
+    }
+    (map, rejected)
+}
+
+/// The parts of a guest path `/sessions/<session>/mnt/<mount>[/<rest>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestPath<'a> {
+    pub session: &'a str,
+    pub mount: &'a str,
+    /// Empty, or starting with `/`.
+    pub rest: &'a str,
+}
+
+/// Splits a guest path into its parts; `None` for anything else.
+pub fn parse_guest_path(path: &str) -> Option<GuestPath<'_>> {
+    let after = path.strip_prefix("/sessions/")?;
+    let (session, after) = after.split_once('/')?;
+    let after = after.strip_prefix("mnt/")?;
+    let (mount, rest) = match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, ""),
+    };
+    if session.is_empty() || mount.is_empty() {
+        return None;
+    }
+    Some(GuestPath {
+        session,
+        mount,
+        rest,
+    })
+}
+
+/// The session name of any `/sessions/<name>...` path.
+pub fn guest_session(path: &str) -> Option<&str> {
+    let after = path.strip_prefix("/sessions/")?;
+    let name = after.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// Translates a guest path to the host path behind its mount; `None` if it
+/// is not a guest path, the mount is unknown, or `..` would leave the mount.
+pub fn translate_guest_path(path: &str, map: &MountMap) -> Option<PathBuf> {
+    let guest = parse_guest_path(path)?;
+    let mount = map.lookup(guest.mount)?;
+    join_within(&mount.host, guest.rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs_view::FakeFs;
+    use pretty_assertions::assert_eq;
+
+    fn map(entries: &[(&str, &str)]) -> MountMap {
+        let mut m = MountMap::new();
+        for (name, host) in entries {
+            m.insert(Mount {
+                name: (*name).into(),
+                host: PathBuf::from(host),
+                mode: MountMode::ReadWrite,
+            });
+        }
+        m
+    }
+
+    fn spec(path: &str, mode: Option<&str>) -> Option<MountSpec> {
+        Some(MountSpec {
+            path: Some(path.into()),
+            mode: mode.map(Into::into),
+        })
+    }
+
+    // Ported from the reference's translateGuestPath cases (section 9.5).
+    #[test]
+    fn translate_guest_path_table() {
+        let skills = map(&[(".skills", "/h/skills"), ("proj", "/h/proj")]);
+        let bare = map(&[("skills", "/h/skills")]);
+        let empty = MountMap::new();
+        let cases: [(&str, &MountMap, Option<&str>); 14] = [
+            ("", &skills, None),
+            ("/tmp/sessions/a/mnt/proj", &skills, None),
+            ("/home/u/file", &skills, None),
+            ("/sessions/a/mnt/proj", &empty, None),
+            ("/sessions/a/mnt/.skills/x", &skills, Some("/h/skills/x")),
+            ("/sessions/a/mnt/skills/x", &skills, Some("/h/skills/x")),
+            ("/sessions/a/mnt/.skills/x", &bare, Some("/h/skills/x")),
+            ("/sessions/a/mnt/proj", &skills, Some("/h/proj")),
+            ("/sessions/a/mnt/nope/x", &skills, None),
+            (
+                "/sessions/a/mnt/proj/a/b/c.txt",
+                &skills,
+                Some("/h/proj/a/b/c.txt"),
+            ),
+            ("/sessions/a/mnt/proj/../../etc/passwd", &skills, None),
+            ("/sessions/a/mnt/proj/./x/../y", &skills, Some("/h/proj/y")),
+            ("/sessions/a/proj", &skills, None),
+            ("/sessions/a", &skills, None),
+        ];
+        for (path, m, want) in cases {
+            assert_eq!(
+                translate_guest_path(path, m),
+                want.map(PathBuf::from),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn guest_session_extracts_the_name() {
+        assert_eq!(guest_session("/sessions/bold/mnt/x"), Some("bold"));
+        assert_eq!(guest_session("/sessions/bold"), Some("bold"));
+        assert_eq!(guest_session("/sessions/"), None);
+        assert_eq!(guest_session("/tmp"), None);
+    }
+
+    #[test]
+    fn primary_mount_skips_dot_mounts_and_uploads() {
+        let cases: [(&[(&str, &str)], Option<&str>); 4] = [
+            (&[], None),
+            (
+                &[(".claude", "/a"), ("uploads", "/b"), ("proj", "/c")],
+                Some("proj"),
+            ),
+            (&[(".claude", "/a"), ("uploads", "/b")], None),
+            (&[("second", "/a"), ("first", "/b")], Some("second")),
+        ];
+        for (entries, want) in cases {
+            assert_eq!(map(entries).primary().map(|m| m.name.as_str()), want);
+        }
+    }
+
+    #[test]
+    fn replaced_entries_keep_their_position() {
+        let mut m = map(&[("a", "/1"), ("b", "/2")]);
+        m.insert(Mount {
+            name: "a".into(),
+            host: "/3".into(),
+            mode: MountMode::ReadOnly,
+        });
+        let order: Vec<_> = m
+            .iter()
+            .map(|e| (e.name.as_str(), e.host.clone()))
+            .collect();
+        assert_eq!(
+            order,
+            [("a", PathBuf::from("/3")), ("b", PathBuf::from("/2"))]
+        );
+    }
+
+    #[test]
+    fn build_mount_map_table() {
+        let home = Path::new("/home/u");
+        let fs = FakeFs::new()
+            .dir("/home/u/proj")
+            .dir("/mnt/storage/proj")
+            .dir("/etc")
+            .symlink("/home/u/sneaky", "/etc");
+        let binds = vec![Mount {
+            name: "skills".into(),
+            host: "/home/u/.config/Claude/skills".into(),
+            mode: MountMode::ReadOnly,
+        }];
+        let additional = vec![
+            ("proj".to_string(), spec("home/u/proj", Some("rw"))),
+            ("uploads".to_string(), spec("home/u/up", Some("ro"))),
+            ("skills".to_string(), spec("home/u/other-skills", None)),
+            ("nopath".to_string(), Some(MountSpec::default())),
+            ("null".to_string(), None),
+            ("etc".to_string(), spec("etc", None)),
+            ("sneaky".to_string(), spec("home/u/sneaky", None)),
+            ("../x".to_string(), spec("home/u/proj", None)),
+            ("far".to_string(), spec("mnt/storage/proj", Some("rwd"))),
+            ("weird".to_string(), spec("home/u/w", Some("banana"))),
+        ];
+        let (m, rejected) = build_mount_map(&additional, &binds, home, &fs);
+        let got: Vec<_> = m
+            .iter()
+            .map(|e| (e.name.as_str(), e.host.to_str().unwrap(), e.mode.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("skills", "/home/u/other-skills", "rw"),
+                ("proj", "/home/u/proj", "rw"),
+                ("uploads", "/home/u/up", "ro"),
+                ("far", "/mnt/storage/proj", "rw"),
+                ("weird", "/home/u/w", "ro"),
+            ]
+        );
+        let names: Vec<_> = rejected.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["etc", "sneaky", "../x"]);
+        assert!(rejected[1].reason.contains("symlink resolves to /etc"));
+    }
+
+    #[test]
+    fn mount_source_table() {
+        let fs = FakeFs::new().dir("/home/u").dir("/etc");
+        let cases = [
+            ("/home/u", true),
+            ("/home/u/proj", true),
+            ("/mnt/storage/proj", true),
+            ("/tmp/build", true),
+            ("/", false),
+            ("/home", false),
+            ("/usr", false),
+            ("/etc/ssh", false),
+            ("/proc/self", false),
+            ("/run/user/1000", false),
+            ("/tmp", false),
+            ("/mnt", false),
+        ];
+        for (path, ok) in cases {
+            assert_eq!(
+                check_mount_source(Path::new(path), &fs).is_ok(),
+                ok,
+                "{path}"
+            );
+        }
+    }
+}

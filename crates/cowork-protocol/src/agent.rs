@@ -1,0 +1,155 @@
+//! Messages between the daemon and its agent (pid 1 of a bubblewrap session
+//! sandbox, or init of a VM), over the same length-prefixed framing.
+//!
+//! The shapes follow the guest convention of the reference's VM protocol so
+//! one agent serves both isolating backends:
+//!
+//! * daemon -> agent: `{type:"request", id, method, params}` and
+//!   `{type:"notification", method:"stdin", params:{id, data, eof?}}`;
+//! * agent -> daemon: `{type:"response", id, result | error}`, the process
+//!   events `{type:"stdout"|"stderr", id, data}`, `{type:"exit", id, code,
+//!   signal}` (guest exits use `code`; the daemon translates to `exitCode`),
+//!   `{type:"error", id, message}`, and `{type:"ready", ...}` once at start.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Methods the agent answers.
+pub mod method {
+    /// Start a process: params [`super::SpawnRequest`], result `{pid}`.
+    pub const SPAWN: &str = "spawn";
+    /// Signal a process group: params [`super::KillRequest`], result `{}`.
+    pub const KILL: &str = "kill";
+    /// Report activity: result [`super::AgentStatus`].
+    pub const STATUS: &str = "status";
+    /// Notification: write to (or close) a process's stdin, params
+    /// [`super::StdinNotification`].
+    pub const STDIN: &str = "stdin";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ToAgent {
+    Request {
+        id: u64,
+        method: String,
+        params: Value,
+    },
+    Notification {
+        method: String,
+        params: Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum FromAgent {
+    Ready {
+        pid: u32,
+        version: String,
+    },
+    Response {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    Stdout {
+        id: String,
+        data: String,
+    },
+    Stderr {
+        id: String,
+        data: String,
+    },
+    Exit {
+        id: String,
+        code: Option<i32>,
+        signal: Option<String>,
+    },
+    Error {
+        id: String,
+        message: String,
+    },
+}
+
+/// Everything the agent needs to start one process; the daemon has already
+/// applied the env policy and chosen the working directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub id: String,
+    /// Absolute path, or a bare name looked up in `env["PATH"]`.
+    pub command: String,
+    pub args: Vec<String>,
+    /// The complete environment of the process (nothing is inherited).
+    pub env: BTreeMap<String, String>,
+    pub cwd: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KillRequest {
+    pub id: String,
+    pub signal: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StdinNotification {
+    pub id: String,
+    #[serde(default)]
+    pub data: String,
+    #[serde(default)]
+    pub eof: bool,
+}
+
+/// What is alive in the sandbox: processes the daemon asked for, and every
+/// other process (background jobs re-parented to the agent included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub tracked: usize,
+    pub other_processes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+    use serde_json::json;
+
+    #[test]
+    fn guest_convention_shapes() {
+        let req = ToAgent::Request {
+            id: 1,
+            method: method::KILL.into(),
+            params: json!({"id": "p", "signal": 15}),
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"type": "request", "id": 1, "method": "kill", "params": {"id": "p", "signal": 15}})
+        );
+        let exit: FromAgent =
+            serde_json::from_value(json!({"type": "exit", "id": "p", "code": 0, "signal": null}))
+                .unwrap();
+        assert_eq!(
+            exit,
+            FromAgent::Exit {
+                id: "p".into(),
+                code: Some(0),
+                signal: None
+            }
+        );
+        let failed: FromAgent =
+            serde_json::from_value(json!({"type": "response", "id": 4, "error": "nope"})).unwrap();
+        assert_eq!(
+            failed,
+            FromAgent::Response {
+                id: 4,
+                result: None,
+                error: Some("nope".into())
+            }
+        );
+    }
+}
