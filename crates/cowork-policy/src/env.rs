@@ -36,7 +36,9 @@ pub const CONFIG_DIR_KEY: &str = "CLAUDE_CONFIG_DIR";
 pub const MEMORY_PATH_KEY: &str = "CLAUDE_COWORK_MEMORY_PATH_OVERRIDE";
 
 fn keep(key: &str, value: &str) -> bool {
-    !BLOCKED_KEYS.contains(&key) && !(value.is_empty() && EMPTY_MEANS_UNSET.contains(&key))
+    let blocked = BLOCKED_KEYS.contains(&key);
+    let empty_means_unset = value.is_empty() && EMPTY_MEANS_UNSET.contains(&key);
+    !blocked && !empty_means_unset
 }
 
 /// The base environment shared by every backend.

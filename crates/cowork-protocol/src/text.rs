@@ -91,7 +91,8 @@ mod tests {
     fn decoding_table() {
         let euro = "€".as_bytes(); // e2 82 ac
         let smile = "😀".as_bytes(); // f0 9f 98 80
-        let cases: Vec<(&str, Vec<&[u8]>, Vec<&str>)> = vec![
+        type Case<'a> = (&'a str, Vec<&'a [u8]>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             ("ascii", vec![b"ab", b"c"], vec!["ab", "c", ""]),
             (
                 "3-byte char split 1+2",
