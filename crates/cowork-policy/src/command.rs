@@ -49,13 +49,17 @@ pub fn resolve_command(
     if basename.is_empty() {
         return Err(not_found());
     }
+    find_in_path(&basename, path_var, fs).ok_or_else(not_found)
+}
+
+/// The first executable `name` in the absolute directories of `path_var`.
+pub fn find_in_path(name: &str, path_var: Option<&str>, fs: &dyn FsView) -> Option<PathBuf> {
     path_var
         .unwrap_or_default()
         .split(':')
         .filter(|dir| dir.starts_with('/'))
-        .map(|dir| Path::new(dir).join(&basename))
+        .map(|dir| Path::new(dir).join(name))
         .find(|candidate| fs.is_executable_file(candidate))
-        .ok_or_else(not_found)
 }
 
 /// The SDK binary `installSdk` points at: `<subpath>/<version>/claude`, if it

@@ -1,0 +1,105 @@
+//! Backends: where and how spawned processes run.
+//!
+//! The dispatcher ([`crate::service`]) does everything backend-neutral
+//! (validation, the mount map, the base environment, session directories,
+//! the process table) and hands a [`SpawnJob`] to the selected backend:
+//!
+//! * [`host::HostBackend`]: direct children of the daemon, no isolation;
+//! * `bwrap`: one bubblewrap sandbox per session with our agent as pid 1;
+//! * `kvm`: not in this build; selecting it gives a clear error.
+
+pub mod host;
+pub mod probe;
+pub mod unavailable;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use cowork_policy::env::EnvMap;
+use cowork_policy::mounts::MountMap;
+use cowork_policy::selection::BackendKind;
+use cowork_protocol::params::StartVmParams;
+
+use crate::process_events::ProcessEvents;
+use crate::processes::ProcessControl;
+use crate::sessions::SessionDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("cannot prepare session {session}: {reason}")]
+    Session { session: String, reason: String },
+    #[error("the VM is not running; call startVM first")]
+    NotStarted,
+}
+
+/// A spawn with every backend-neutral decision made.
+#[derive(Debug, Clone)]
+pub struct SpawnJob {
+    pub id: String,
+    pub session: String,
+    /// As the client sent it (`claude`, `/usr/bin/env`, `bash`).
+    pub command: String,
+    /// As the client sent them (guest paths untranslated).
+    pub args: Vec<String>,
+    pub cwd: Option<String>,
+    pub shared_cwd_path: Option<String>,
+    /// Base environment with the OAuth token applied (guest paths
+    /// untranslated).
+    pub env: EnvMap,
+    pub mounts: MountMap,
+    pub sdk_binary: Option<PathBuf>,
+    pub session_dir: SessionDir,
+    pub mount_skeleton_home: bool,
+    pub allowed_domains: Option<Vec<String>>,
+}
+
+/// What a spawn led to.
+pub enum Spawned {
+    /// The process runs; output and exit will arrive as events.
+    Running(Arc<dyn ProcessControl>),
+    /// It never ran (e.g. command not found); its stderr and exit events
+    /// were already published.
+    Ended,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    /// Whether processes are isolated from the host.
+    fn is_isolated(&self) -> bool;
+    async fn start(&self, params: &StartVmParams) -> Result<(), BackendError>;
+    /// Stops everything started; processes get SIGTERM (host) or are killed
+    /// with their sandbox.
+    async fn stop(&self);
+    fn is_running(&self) -> bool;
+    fn is_guest_connected(&self) -> bool;
+    async fn spawn(&self, job: SpawnJob, events: ProcessEvents) -> Result<Spawned, BackendError>;
+    /// What `mountPath` answers for a mount of `host` named `mount_name`.
+    fn mount_path_reply(&self, session: Option<&str>, mount_name: &str, host: &Path) -> String;
+    /// Sessions that must not be pruned or deleted besides those with
+    /// running processes (e.g. a live sandbox with background jobs).
+    fn busy_sessions(&self) -> HashSet<String> {
+        HashSet::new()
+    }
+}
+
+/// `running` / `guestConnected` of the local backends.
+#[derive(Debug, Default)]
+pub struct VmFlags {
+    running: AtomicBool,
+}
+
+impl VmFlags {
+    pub fn set(&self, running: bool) {
+        self.running.store(running, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+}

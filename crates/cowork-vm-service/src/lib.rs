@@ -1,0 +1,36 @@
+//! `cowork-vm-service`: the Linux helper behind Claude Desktop's Cowork mode.
+//!
+//! ```text
+//! desktop client --unix socket--> server --> service (dispatch) --> Backend
+//!                                   |                               |- host
+//!                                   v                               `- bwrap (agent inside)
+//!                               event hub <-- process events
+//! ```
+//!
+//! Modules, by layer:
+//! * entry points: [`cli`], [`daemon`], [`run`];
+//! * transport: [`socket`] (safe bind), [`server`] (connections), [`client`];
+//! * dispatch: [`service`], [`events`], [`processes`], [`process_events`];
+//! * execution: [`backend`], [`supervise`];
+//! * host state: [`sessions`], [`read_file`], [`dirs`], [`real_fs`], [`logging`].
+//!
+//! Policy decisions (paths, mounts, env, args, selection) live in the
+//! `cowork-policy` crate; the wire format in `cowork-protocol`.
+
+pub mod backend;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod dirs;
+pub mod events;
+pub mod logging;
+pub mod process_events;
+pub mod processes;
+pub mod read_file;
+pub mod real_fs;
+pub mod run;
+pub mod server;
+pub mod service;
+pub mod sessions;
+pub mod socket;
+pub mod supervise;

@@ -1,0 +1,691 @@
+//! The dispatcher: the 21 methods of the protocol (plus `getDaemonInfo`),
+//! with everything that does not depend on the backend done here once.
+//!
+//! Errors of a method become `{success:false, error}`; operational failures
+//! the client expects in the result (`readFile`) stay in `result.error`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine as _;
+use cowork_policy::command::resolve_sdk_binary;
+use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env};
+use cowork_policy::mounts::{
+    Mount, MountMap, MountMode, build_mount_map, check_mount_source, guest_session,
+    parse_guest_path,
+};
+use cowork_policy::names::{validate_mount_name, validate_session_name};
+use cowork_policy::paths::{is_within, join_within, normalize, resolve_subpath};
+use cowork_policy::selection::{BackendKind, Selection, select_backend};
+use cowork_policy::signal::{ParsedSignal, parse_signal, signal_from_number};
+use cowork_protocol::event::{ApiReachability, NetworkStatus};
+use cowork_protocol::params::{
+    self, ConfigureParams, CreateVmParams, DeleteSessionDirsParams, InstallSdkParams, KillParams,
+    MountPathParams, ProcessIdParams, PruneSessionCachesParams, ReadFileParams,
+    SendGuestResponseParams, SessionsDiskInfoParams, SetDebugLoggingParams, SignalSpec,
+    SpawnParams, StartVmParams, TokenParams, WriteStdinParams,
+};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::backend::host::HostBackend;
+use crate::backend::probe::RealProbe;
+use crate::backend::unavailable::UnavailableBackend;
+use crate::backend::{Backend, SpawnJob, Spawned};
+use crate::dirs::Dirs;
+use crate::events::EventHub;
+use crate::logging::{LIFECYCLE, LogControl};
+use crate::process_events::ProcessEvents;
+use crate::processes::{ProcessTable, TableError};
+use crate::read_file::{ReadFileError, read_confined};
+use crate::real_fs::RealFs;
+use crate::sessions::SessionStore;
+
+/// Extra method (not sent by the client): which backend serves, for `run`
+/// and `--doctor`.
+pub const DAEMON_INFO_METHOD: &str = "getDaemonInfo";
+
+/// How the service is set up.
+pub struct ServiceConfig {
+    pub dirs: Dirs,
+    pub log: LogControl,
+    /// Backend selection inputs (`COWORK_VM_BACKEND`, PATH, ...).
+    pub probe: RealProbe,
+    /// The daemon's own environment (the base of every child's).
+    pub daemon_env: EnvMap,
+    /// Socket path, reported by `getDaemonInfo`.
+    pub socket: PathBuf,
+}
+
+#[derive(Default)]
+struct SharedState {
+    sdk_binary: Option<PathBuf>,
+    approved_token: Option<String>,
+    /// `mountPath` results per session ("" = for every session).
+    mount_binds: HashMap<String, Vec<Mount>>,
+    /// The mount map of each session's latest spawn (for `readFile`).
+    session_mounts: HashMap<String, MountMap>,
+    last_session: Option<String>,
+    memory_mb: Option<u64>,
+    cpu_count: Option<u32>,
+}
+
+pub struct Service {
+    dirs: Dirs,
+    hub: EventHub,
+    table: ProcessTable,
+    events: ProcessEvents,
+    sessions: SessionStore,
+    log: LogControl,
+    probe: RealProbe,
+    daemon_env: EnvMap,
+    socket: PathBuf,
+    backend: OnceCell<Arc<dyn Backend>>,
+    selection: OnceCell<Selection>,
+    state: Mutex<SharedState>,
+}
+
+type MethodResult = Result<Value, String>;
+
+impl Service {
+    pub fn new(config: ServiceConfig) -> Arc<Self> {
+        let hub = EventHub::new();
+        let table = ProcessTable::new();
+        Arc::new(Self {
+            sessions: SessionStore::new(config.dirs.sessions_dir()),
+            events: ProcessEvents::new(hub.clone(), table.clone()),
+            dirs: config.dirs,
+            hub,
+            table,
+            log: config.log,
+            probe: config.probe,
+            daemon_env: config.daemon_env,
+            socket: config.socket,
+            backend: OnceCell::new(),
+            selection: OnceCell::new(),
+            state: Mutex::new(SharedState::default()),
+        })
+    }
+
+    pub fn hub(&self) -> &EventHub {
+        &self.hub
+    }
+
+    fn state(&self) -> MutexGuard<'_, SharedState> {
+        // Every update is a plain field assignment; a poisoned lock still
+        // holds consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend, selecting it on first use (the probe forks bwrap, so it
+    /// runs on the blocking pool and is started right at daemon start-up).
+    pub async fn backend(&self) -> Arc<dyn Backend> {
+        self.backend
+            .get_or_init(|| async {
+                let selection = self.selection().await.clone();
+                self.build_backend(&selection)
+            })
+            .await
+            .clone()
+    }
+
+    /// The backend decision (computed once).
+    pub async fn selection(&self) -> &Selection {
+        self.selection
+            .get_or_init(|| async {
+                let mut probe = self.probe.clone();
+                let selection =
+                    match tokio::task::spawn_blocking(move || select_backend(&mut probe)).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(
+                                "backend selection failed: {e}; using the host backend"
+                            );
+                            let mut s = select_backend(&mut HostOnly);
+                            s.warnings.push(format!("backend selection failed: {e}"));
+                            s
+                        }
+                    };
+                for w in &selection.warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(
+                    target: LIFECYCLE,
+                    "backend {} selected: {}",
+                    selection.backend,
+                    selection.reason
+                );
+                selection
+            })
+            .await
+    }
+
+    fn build_backend(&self, selection: &Selection) -> Arc<dyn Backend> {
+        match (selection.backend, selection.overridden) {
+            (BackendKind::Host, _) => Arc::new(HostBackend::new(self.dirs.home.clone())),
+            (BackendKind::Bwrap, _) => Arc::new(UnavailableBackend::new(
+                BackendKind::Bwrap,
+                "the bwrap backend is not available in this build of cowork-vm-service",
+            )),
+            (BackendKind::Kvm, true) => Arc::new(UnavailableBackend::new(
+                BackendKind::Kvm,
+                "COWORK_VM_BACKEND=kvm: the KVM backend is not available in this build of \
+                 cowork-vm-service; use COWORK_VM_BACKEND=bwrap (recommended) or host",
+            )),
+            (BackendKind::Kvm, false) => {
+                tracing::warn!(
+                    "KVM requirements are met but this build has no KVM backend: using the host \
+                     backend WITHOUT isolation; install bubblewrap for sandboxing"
+                );
+                Arc::new(HostBackend::new(self.dirs.home.clone()))
+            }
+        }
+    }
+
+    /// Handles one request. `subscribeEvents` is handled by the connection.
+    pub async fn handle(&self, method: &str, params: Value) -> MethodResult {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!("Request: {method} {}", summarize(&params));
+        }
+        let result = match method {
+            "configure" => self.configure(params::parse(method, params)?),
+            "createVM" => {
+                let p: CreateVmParams = params::parse(method, params)?;
+                tracing::debug!("createVM: bundle={:?}", p.bundle_path);
+                Ok(json!({}))
+            }
+            "startVM" => self.start_vm(params::parse(method, params)?).await,
+            "stopVM" => self.stop_vm().await,
+            "isRunning" => Ok(json!({"running": self.running(|b| b.is_running())})),
+            "isGuestConnected" => {
+                Ok(json!({"connected": self.running(|b| b.is_guest_connected())}))
+            }
+            "spawn" => self.spawn(params::parse(method, params)?).await,
+            "kill" => self.kill(params::parse(method, params)?).await,
+            "writeStdin" => self.write_stdin(params::parse(method, params)?).await,
+            "isProcessRunning" => {
+                let p: ProcessIdParams = params::parse(method, params)?;
+                to_value(self.table.status(&p.id))
+            }
+            "mountPath" => self.mount_path(params::parse(method, params)?).await,
+            "readFile" => self.read_file(params::parse(method, params)?).await,
+            "installSdk" => self.install_sdk(params::parse(method, params)?),
+            "addApprovedOauthToken" => {
+                let p: TokenParams = params::parse(method, params)?;
+                self.state().approved_token = Some(p.token).filter(|t| !t.is_empty());
+                Ok(json!({}))
+            }
+            "setDebugLogging" => {
+                let p: SetDebugLoggingParams = params::parse(method, params)?;
+                self.log.set_debug(p.enabled);
+                tracing::info!(target: LIFECYCLE, "debug logging {}", if p.enabled { "on" } else { "off" });
+                Ok(json!({}))
+            }
+            "sendGuestResponse" => {
+                let p: SendGuestResponseParams = params::parse(method, params)?;
+                Err(format!(
+                    "Unknown guest request id: {} (this daemon has no pending guest requests)",
+                    p.id
+                ))
+            }
+            "getSessionsDiskInfo" => {
+                let _p: SessionsDiskInfoParams = params::parse(method, params)?;
+                let sessions = self.sessions.clone();
+                to_value(blocking(move || sessions.disk_info()).await?)
+            }
+            "deleteSessionDirs" => {
+                let p: DeleteSessionDirsParams = params::parse(method, params)?;
+                let active = self.busy_sessions().await;
+                let sessions = self.sessions.clone();
+                let result = blocking(move || sessions.delete(&p.names, &active)).await?;
+                if !result.deleted.is_empty() {
+                    let mut state = self.state();
+                    for name in &result.deleted {
+                        state.session_mounts.remove(name);
+                    }
+                }
+                to_value(result)
+            }
+            "pruneSessionCaches" => {
+                let p: PruneSessionCachesParams = params::parse(method, params)?;
+                let active = self.busy_sessions().await;
+                let sessions = self.sessions.clone();
+                to_value(blocking(move || sessions.prune(&p, &active)).await?)
+            }
+            "getNetworkDrives" => Ok(json!({"drives": []})),
+            DAEMON_INFO_METHOD => self.daemon_info().await,
+            "subscribeEvents" => Err("subscribeEvents is handled by the connection".into()),
+            other => Err(format!("Unknown method: {other}")),
+        };
+        if let Err(e) = &result {
+            tracing::debug!("{method} failed: {e}");
+        }
+        result
+    }
+
+    /// `false` until a backend exists (nothing can be running before it).
+    fn running(&self, f: impl Fn(&dyn Backend) -> bool) -> bool {
+        self.backend.get().is_some_and(|b| f(b.as_ref()))
+    }
+
+    async fn busy_sessions(&self) -> std::collections::HashSet<String> {
+        let mut active = self.table.active_sessions();
+        if let Some(b) = self.backend.get() {
+            active.extend(b.busy_sessions());
+        }
+        active
+    }
+
+    fn configure(&self, p: ConfigureParams) -> MethodResult {
+        let mut state = self.state();
+        if p.memory_mb.is_some() {
+            state.memory_mb = p.memory_mb;
+        }
+        if p.cpu_count.is_some() {
+            state.cpu_count = p.cpu_count;
+        }
+        tracing::debug!(
+            "configured: memoryMB={:?} cpuCount={:?} userDataName={:?}",
+            state.memory_mb,
+            state.cpu_count,
+            p.user_data_name
+        );
+        Ok(json!({}))
+    }
+
+    async fn start_vm(&self, p: StartVmParams) -> MethodResult {
+        let backend = self.backend().await;
+        backend.start(&p).await.map_err(|e| e.to_string())?;
+        self.hub.set_network(NetworkStatus::Connected).await;
+        let hub = self.hub.clone();
+        let url = p
+            .api_probe_url
+            .unwrap_or_else(|| "https://api.anthropic.com".to_string());
+        tokio::spawn(async move {
+            let status = probe_api(&url).await;
+            hub.set_api_reachability(status).await;
+        });
+        Ok(json!({}))
+    }
+
+    async fn stop_vm(&self) -> MethodResult {
+        for (id, control) in self.table.running() {
+            if let Err(e) = control.signal(cowork_policy::signal::SIGTERM).await {
+                tracing::debug!("stopVM: {id}: {e}");
+            }
+        }
+        if let Some(backend) = self.backend.get() {
+            backend.stop().await;
+        }
+        self.state().mount_binds.clear();
+        self.hub.set_network(NetworkStatus::Disconnected).await;
+        Ok(json!({}))
+    }
+
+    /// Stops everything (daemon shutdown).
+    pub async fn shutdown(&self) {
+        let _ = self.stop_vm().await;
+    }
+
+    async fn spawn(&self, p: SpawnParams) -> MethodResult {
+        if p.id.is_empty() {
+            return Err("Invalid params for spawn: id must not be empty".into());
+        }
+        validate_session_name(&p.name).map_err(|e| format!("Invalid params for spawn: {e}"))?;
+        let backend = self.backend().await;
+        self.table
+            .reserve(&p.id, &p.name)
+            .map_err(|e| e.to_string())?;
+        let id = p.id.clone();
+        match self.spawn_reserved(p, backend).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.table.release(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_reserved(&self, p: SpawnParams, backend: Arc<dyn Backend>) -> MethodResult {
+        let session_dir = self.sessions.ensure(&p.name).map_err(|e| {
+            format!(
+                "cannot create the state directory of session {}: {e}",
+                p.name
+            )
+        })?;
+        let (binds, sdk_binary, approved) = {
+            let state = self.state();
+            let mut binds = state.mount_binds.get("").cloned().unwrap_or_default();
+            binds.extend(state.mount_binds.get(&p.name).cloned().unwrap_or_default());
+            (
+                binds,
+                state.sdk_binary.clone(),
+                state.approved_token.clone(),
+            )
+        };
+        let additional = p.additional_mounts.map(|m| m.0).unwrap_or_default();
+        let (mounts, rejected) = build_mount_map(&additional, &binds, &self.dirs.home, &RealFs);
+        for r in &rejected {
+            tracing::warn!("spawn {}: mount {:?} refused: {}", p.id, r.name, r.reason);
+        }
+        {
+            let mut state = self.state();
+            state.session_mounts.insert(p.name.clone(), mounts.clone());
+            state.last_session = Some(p.name.clone());
+        }
+        let mut env = base_env(&self.daemon_env, &p.env.map(|e| e.0).unwrap_or_default());
+        apply_oauth_tokens(&mut env, p.oauth_token.as_deref(), approved.as_deref());
+        let job = SpawnJob {
+            id: p.id.clone(),
+            session: p.name,
+            command: p.command,
+            args: p.args.unwrap_or_default(),
+            cwd: p.cwd,
+            shared_cwd_path: p.shared_cwd_path,
+            env,
+            mounts,
+            sdk_binary,
+            session_dir,
+            mount_skeleton_home: p.mount_skeleton_home.unwrap_or(false),
+            allowed_domains: p.allowed_domains,
+        };
+        match backend
+            .spawn(job, self.events.clone())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Spawned::Running(control) => self.table.attach(&p.id, control),
+            Spawned::Ended => {}
+        }
+        Ok(json!({}))
+    }
+
+    async fn kill(&self, p: KillParams) -> MethodResult {
+        let parsed = match &p.signal {
+            None => ParsedSignal::DefaultedToTerm,
+            Some(SignalSpec::Name(name)) => parse_signal(name),
+            Some(SignalSpec::Number(n)) => signal_from_number(*n),
+        };
+        if parsed == ParsedSignal::DefaultedToTerm
+            && let Some(spec) = &p.signal
+            && !matches!(spec, SignalSpec::Name(n) if n.trim().is_empty())
+        {
+            tracing::warn!("kill {}: unknown signal {spec:?}, sending SIGTERM", p.id);
+        }
+        match self.table.control(&p.id) {
+            Ok(control) => control
+                .signal(parsed.number())
+                .await
+                .map(|()| json!({}))
+                .map_err(|e| e.to_string()),
+            // Killing a process that just ended is not an error.
+            Err(TableError::Exited(_)) => Ok(json!({})),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn write_stdin(&self, p: WriteStdinParams) -> MethodResult {
+        let control = self.table.control(&p.id).map_err(|e| e.to_string())?;
+        control
+            .write_stdin(p.data.unwrap_or_default(), p.eof.unwrap_or(false))
+            .await
+            .map(|()| json!({}))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn mount_path(&self, p: MountPathParams) -> MethodResult {
+        let subpath = p.subpath.unwrap_or_default();
+        let host = resolve_subpath(&subpath, &self.dirs.home, &RealFs);
+        check_mount_source(&host, &RealFs).map_err(|e| format!("mountPath refused: {e}"))?;
+        let name = match p.mount_name.filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => host
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "home".into()),
+        };
+        validate_mount_name(&name).map_err(|e| format!("Invalid params for mountPath: {e}"))?;
+        let session = p
+            .process_id
+            .as_deref()
+            .and_then(|id| self.table.session_of(id));
+        let mount = Mount {
+            name: name.clone(),
+            host: host.clone(),
+            mode: MountMode::from_client(p.mode.as_deref()),
+        };
+        {
+            let mut state = self.state();
+            let binds = state
+                .mount_binds
+                .entry(session.clone().unwrap_or_default())
+                .or_default();
+            binds.retain(|m| m.name != name);
+            binds.push(mount);
+        }
+        let backend = self.backend().await;
+        let guest_path = backend.mount_path_reply(session.as_deref(), &name, &host);
+        Ok(json!({"guestPath": guest_path}))
+    }
+
+    async fn read_file(&self, p: ReadFileParams) -> MethodResult {
+        let target = self.read_target(&p);
+        let outcome = match target {
+            Ok((path, base)) => blocking(move || read_confined(&path, &base)).await?,
+            Err(e) => Err(e),
+        };
+        Ok(match outcome {
+            Ok(bytes) => {
+                json!({"content": base64::engine::general_purpose::STANDARD.encode(bytes)})
+            }
+            Err(e) => {
+                tracing::debug!("readFile {}: {e}", p.file_path);
+                json!({"error": e.to_string()})
+            }
+        })
+    }
+
+    /// The host file a `readFile` names, and the folder it must stay in.
+    fn read_target(&self, p: &ReadFileParams) -> Result<(PathBuf, PathBuf), ReadFileError> {
+        let path = p.file_path.as_str();
+        if path.starts_with("/sessions/") {
+            let untranslatable = || ReadFileError::Untranslatable(path.to_string());
+            let state = self.state();
+            let map = guest_session(path)
+                .and_then(|s| state.session_mounts.get(s))
+                .or_else(|| {
+                    p.process_name
+                        .as_deref()
+                        .and_then(|s| state.session_mounts.get(s))
+                })
+                .or_else(|| {
+                    state
+                        .last_session
+                        .as_deref()
+                        .and_then(|s| state.session_mounts.get(s))
+                })
+                .ok_or_else(untranslatable)?;
+            let guest = parse_guest_path(path).ok_or_else(untranslatable)?;
+            let mount = map.lookup(guest.mount).ok_or_else(untranslatable)?;
+            let host = join_within(&mount.host, guest.rest).ok_or_else(untranslatable)?;
+            return Ok((host, mount.host.clone()));
+        }
+        if !path.starts_with('/') {
+            return Err(ReadFileError::OutsideHome);
+        }
+        let abs = normalize(Path::new(path));
+        let in_home = is_within(&abs, &self.dirs.home) || is_within(&abs, &self.dirs.home_real);
+        if !in_home {
+            return Err(ReadFileError::OutsideHome);
+        }
+        Ok((abs, self.dirs.home_real.clone()))
+    }
+
+    fn install_sdk(&self, p: InstallSdkParams) -> MethodResult {
+        match resolve_sdk_binary(&p.sdk_subpath, &p.version, &self.dirs.home, &RealFs) {
+            Some(path) => {
+                tracing::info!("SDK binary: {}", path.display());
+                self.state().sdk_binary = Some(path);
+                Ok(json!({}))
+            }
+            None => Err(format!(
+                "installSdk: no executable SDK binary at {}/{}/claude",
+                resolve_subpath(&p.sdk_subpath, &self.dirs.home, &RealFs).display(),
+                p.version
+            )),
+        }
+    }
+
+    async fn daemon_info(&self) -> MethodResult {
+        let backend = self.backend().await;
+        let selection = self.selection().await;
+        Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "executable": std::env::current_exe().ok(),
+            "socket": self.socket,
+            "backend": backend.kind().as_str(),
+            "isolated": backend.is_isolated(),
+            "reason": selection.reason,
+            "warnings": selection.warnings,
+        }))
+    }
+}
+
+/// Selection input that always ends at the host backend (used only when
+/// the real probe could not run at all).
+struct HostOnly;
+
+impl cowork_policy::selection::HostProbe for HostOnly {
+    fn backend_override(&mut self) -> Option<String> {
+        Some("host".into())
+    }
+    fn bwrap_path(&mut self) -> Option<PathBuf> {
+        None
+    }
+    fn bwrap_probe(&mut self) -> Result<(), cowork_policy::selection::ProbeFailure> {
+        Ok(())
+    }
+    fn kvm_requirements(&mut self) -> cowork_policy::selection::KvmRequirements {
+        Default::default()
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> MethodResult {
+    serde_json::to_value(v).map_err(|e| format!("cannot encode result: {e}"))
+}
+
+/// Runs filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))
+}
+
+/// A request's params for the debug log, with secrets removed.
+fn summarize(params: &Value) -> String {
+    let mut shown = params.clone();
+    let mut redacted = false;
+    if let Value::Object(map) = &mut shown {
+        for key in ["env", "oauthToken", "token"] {
+            if map.remove(key).is_some() {
+                redacted = true;
+            }
+        }
+    }
+    let mut text = shown.to_string();
+    if text.len() > 2000 {
+        let mut cut = 2000;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    if redacted {
+        text.push_str(" [env/tokens redacted]");
+    }
+    text
+}
+
+/// Reachability of the API host behind `url`: a TCP connect to its host and
+/// port (no TLS, no request). DNS failure -> unreachable; timeout ->
+/// probably unreachable.
+async fn probe_api(url: &str) -> ApiReachability {
+    let Some((host, port)) = host_port(url) else {
+        return ApiReachability::Unknown;
+    };
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(_)) => ApiReachability::Reachable,
+        Ok(Err(_)) => ApiReachability::Unreachable,
+        Err(_) => ApiReachability::ProbablyUnreachable,
+    }
+}
+
+/// `(host, port)` of an `http(s)://host[:port]/...` URL.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => default_port,
+        };
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_string(), port.parse().ok()?)),
+        None => Some((authority.to_string(), default_port)),
+    }
+    .filter(|(h, _)| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_table() {
+        let cases = [
+            (
+                "https://api.anthropic.com",
+                Some(("api.anthropic.com", 443)),
+            ),
+            (
+                "https://api.anthropic.com/v1/ping?x=1",
+                Some(("api.anthropic.com", 443)),
+            ),
+            ("http://127.0.0.1:8080/x", Some(("127.0.0.1", 8080))),
+            ("https://user@host:9/", Some(("host", 9))),
+            ("https://[::1]:444/", Some(("::1", 444))),
+            ("ftp://x", None),
+            ("https://", None),
+            ("not a url", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(
+                host_port(url),
+                want.map(|(h, p)| (h.to_string(), p)),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn summaries_hide_secrets_and_stay_short() {
+        let s = summarize(&json!({"id": "p", "env": {"K": "secret"}, "oauthToken": "tok"}));
+        assert!(!s.contains("secret") && !s.contains("tok\""), "{s}");
+        assert!(s.ends_with("[env/tokens redacted]"));
+        let long = summarize(&json!({"x": "é".repeat(3000)}));
+        assert!(long.len() <= 2000);
+    }
+}

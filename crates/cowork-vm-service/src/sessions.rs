@@ -1,0 +1,322 @@
+//! Per-session state directories and the disk-janitor methods.
+//!
+//! ```text
+//! ${XDG_DATA_HOME:-~/.local/share}/cowork-vm-service/sessions/<name>/
+//!     tmp/     the session's /tmp (bubblewrap), pruned by pruneSessionCaches
+//!     home/    persistent skeleton home (spawn.mountSkeletonHome)
+//! ```
+//!
+//! The client's janitor calls `getSessionsDiskInfo`, `pruneSessionCaches`
+//! (every 300 s, before spawns when disk is low, from a menu) and
+//! `deleteSessionDirs`. Sessions with live processes are never pruned or
+//! deleted. Directory walks never follow symlinks (a sandboxed process can
+//! plant them in its `/tmp`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use cowork_policy::names::validate_session_name;
+use cowork_protocol::params::{
+    DeleteSessionDirsResult, PruneSessionCachesParams, PruneSessionCachesResult, SessionDiskUsage,
+    SessionsDiskInfo,
+};
+
+/// The directories of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDir {
+    pub root: PathBuf,
+    pub tmp: PathBuf,
+    pub home: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    root: PathBuf,
+}
+
+impl SessionStore {
+    /// `sessions_dir` is `<state root>/sessions`.
+    pub fn new(sessions_dir: PathBuf) -> Self {
+        Self { root: sessions_dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir_of(&self, name: &str) -> SessionDir {
+        let root = self.root.join(name);
+        SessionDir {
+            tmp: root.join("tmp"),
+            home: root.join("home"),
+            root,
+        }
+    }
+
+    /// Creates the session's directories (private to the user) and returns
+    /// them. `name` must already be a valid session name.
+    pub fn ensure(&self, name: &str) -> io::Result<SessionDir> {
+        let dir = self.dir_of(name);
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder.create(&dir.tmp)?;
+        builder.create(&dir.home)?;
+        Ok(dir)
+    }
+
+    fn session_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Filesystem totals for the state directory and each session's size.
+    pub fn disk_info(&self) -> SessionsDiskInfo {
+        let (total_bytes, free_bytes) = fs_space(&self.root);
+        let sessions = self
+            .session_names()
+            .into_iter()
+            .map(|name| SessionDiskUsage {
+                size_bytes: tree_size(&self.root.join(&name)),
+                name,
+            })
+            .collect();
+        SessionsDiskInfo {
+            total_bytes,
+            free_bytes,
+            sessions,
+        }
+    }
+
+    /// Deletes the named session directories, except active sessions.
+    pub fn delete(&self, names: &[String], active: &HashSet<String>) -> DeleteSessionDirsResult {
+        let mut result = DeleteSessionDirsResult::default();
+        for name in names {
+            if let Err(e) = validate_session_name(name) {
+                result.errors.insert(name.clone(), e.to_string());
+                continue;
+            }
+            if active.contains(name) {
+                result
+                    .errors
+                    .insert(name.clone(), "session has running processes".into());
+                continue;
+            }
+            let dir = self.root.join(name);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => result.deleted.push(name.clone()),
+                // Already gone: the caller's goal holds.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => result.deleted.push(name.clone()),
+                Err(e) => {
+                    result.errors.insert(name.clone(), e.to_string());
+                }
+            }
+        }
+        result
+    }
+
+    /// Removes entries of each idle session's `tmp/` older than the
+    /// threshold (all of them for 0), when asked to and when disk is low.
+    pub fn prune(
+        &self,
+        params: &PruneSessionCachesParams,
+        active: &HashSet<String>,
+    ) -> PruneSessionCachesResult {
+        let mut result = PruneSessionCachesResult::default();
+        if let Some(limit) = params.only_if_free_bytes_below.filter(|l| *l > 0) {
+            let (_, free) = fs_space(&self.root);
+            if free >= limit {
+                return result;
+            }
+        }
+        if !params.include_session_tmp.unwrap_or(false) {
+            return result;
+        }
+        let older_than = Duration::from_secs(params.session_tmp_older_than_seconds.unwrap_or(0));
+        let now = SystemTime::now();
+        for name in self.session_names() {
+            if active.contains(&name) {
+                result.skipped_sessions.push(name);
+                continue;
+            }
+            let tmp = self.dir_of(&name).tmp;
+            let mut errors = Vec::new();
+            let mut freed = 0u64;
+            let Ok(entries) = std::fs::read_dir(&tmp) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if age < older_than {
+                    continue;
+                }
+                let size = tree_size(&path);
+                let removed = if meta.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => freed += size,
+                    Err(e) => errors.push(format!("{}: {e}", path.display())),
+                }
+            }
+            if freed > 0 {
+                result.pruned_sessions.push(name.clone());
+                result.freed_bytes += freed;
+            }
+            if !errors.is_empty() {
+                result.errors.insert(name, errors.join("; "));
+            }
+        }
+        result
+    }
+}
+
+/// (total, available) bytes of the filesystem holding `path` (or its
+/// nearest existing ancestor); zeros if even that fails.
+pub fn fs_space(path: &Path) -> (u64, u64) {
+    let mut probe = Some(path);
+    while let Some(p) = probe {
+        if let Ok(st) = rustix::fs::statvfs(p) {
+            return (
+                st.f_blocks.saturating_mul(st.f_frsize),
+                st.f_bavail.saturating_mul(st.f_frsize),
+            );
+        }
+        probe = p.parent();
+    }
+    (0, 0)
+}
+
+/// Disk usage of a tree (allocated blocks), never following symlinks.
+pub fn tree_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks().saturating_mul(512);
+    if meta.is_dir()
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        for entry in entries.filter_map(Result::ok) {
+            total = total.saturating_add(tree_size(&entry.path()));
+        }
+    }
+    total
+}
+
+/// Errors keyed by session, for results.
+pub type SessionErrors = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SessionStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path().join("sessions"));
+        (tmp, store)
+    }
+
+    #[test]
+    fn ensure_creates_private_dirs_and_disk_info_lists_them() {
+        let (_t, s) = store();
+        let d = s.ensure("bold-sharp-clarke").unwrap();
+        std::fs::write(d.tmp.join("f"), vec![1u8; 20_000]).unwrap();
+        let info = s.disk_info();
+        assert!(info.total_bytes > 0 && info.free_bytes > 0);
+        assert_eq!(info.sessions.len(), 1);
+        assert_eq!(info.sessions[0].name, "bold-sharp-clarke");
+        assert!(info.sessions[0].size_bytes >= 20_000);
+    }
+
+    #[test]
+    fn delete_skips_active_and_invalid_names() {
+        let (_t, s) = store();
+        s.ensure("a").unwrap();
+        s.ensure("b").unwrap();
+        let active: HashSet<String> = ["b".to_string()].into();
+        let r = s.delete(
+            &["a".into(), "b".into(), "../x".into(), "gone".into()],
+            &active,
+        );
+        assert_eq!(r.deleted, ["a", "gone"]);
+        assert!(r.errors["b"].contains("running"));
+        assert!(r.errors["../x"].contains("must not contain '/'"));
+        assert!(!s.root().join("a").exists());
+        assert!(s.root().join("b").exists());
+    }
+
+    #[test]
+    fn prune_respects_flags_age_and_activity() {
+        let (_t, s) = store();
+        let a = s.ensure("a").unwrap();
+        let b = s.ensure("b").unwrap();
+        std::fs::create_dir(a.tmp.join("d")).unwrap();
+        std::fs::write(a.tmp.join("d/f"), vec![0u8; 10_000]).unwrap();
+        std::fs::write(b.tmp.join("f"), b"x").unwrap();
+        let none = HashSet::new();
+        let not_asked = s.prune(&PruneSessionCachesParams::default(), &none);
+        assert!(not_asked.pruned_sessions.is_empty());
+        let too_young = s.prune(
+            &PruneSessionCachesParams {
+                include_session_tmp: Some(true),
+                session_tmp_older_than_seconds: Some(3600),
+                ..Default::default()
+            },
+            &none,
+        );
+        assert!(too_young.pruned_sessions.is_empty());
+        let plenty_free = s.prune(
+            &PruneSessionCachesParams {
+                include_session_tmp: Some(true),
+                only_if_free_bytes_below: Some(1),
+                ..Default::default()
+            },
+            &none,
+        );
+        assert!(plenty_free.pruned_sessions.is_empty());
+        let active: HashSet<String> = ["b".to_string()].into();
+        let r = s.prune(
+            &PruneSessionCachesParams {
+                include_session_tmp: Some(true),
+                ..Default::default()
+            },
+            &active,
+        );
+        assert_eq!(r.pruned_sessions, ["a"]);
+        assert_eq!(r.skipped_sessions, ["b"]);
+        assert!(r.freed_bytes >= 10_000);
+        assert!(!a.tmp.join("d").exists());
+        assert!(b.tmp.join("f").exists());
+    }
+
+    #[test]
+    fn tree_size_does_not_follow_symlinks() {
+        let (t, _s) = store();
+        let big = t.path().join("big");
+        std::fs::write(&big, vec![0u8; 100_000]).unwrap();
+        let dir = t.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&big, dir.join("link")).unwrap();
+        assert!(tree_size(&dir) < 100_000);
+    }
+}

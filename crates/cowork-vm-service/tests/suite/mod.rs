@@ -1,0 +1,5 @@
+pub mod harness;
+
+mod host;
+mod lifecycle;
+mod protocol;

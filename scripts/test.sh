@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (see README): installs what the tests need when run as
+# root, checks formatting and lints, and runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then
+    # System packages the sandbox and VM tests use.
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap qemu-system-x86 >/dev/null
+    # Sandbox tests run the daemon as this unprivileged account.
+    id cowork-test >/dev/null 2>&1 || useradd --create-home --shell /bin/bash cowork-test
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
