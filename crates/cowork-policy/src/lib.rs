@@ -5,6 +5,8 @@
 //! and host facts for backend selection through [`selection::HostProbe`].
 
 pub mod args;
+pub mod bwrap_argv;
+pub mod bwrap_config;
 pub mod command;
 pub mod env;
 pub mod fs_view;

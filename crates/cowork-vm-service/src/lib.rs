@@ -17,12 +17,15 @@
 //! Policy decisions (paths, mounts, env, args, selection) live in the
 //! `cowork-policy` crate; the wire format in `cowork-protocol`.
 
+pub mod agent;
 pub mod backend;
+pub mod child_setup;
 pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dirs;
 pub mod events;
+pub mod framing;
 pub mod logging;
 pub mod process_events;
 pub mod processes;

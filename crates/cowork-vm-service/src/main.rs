@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cowork_vm_service::cli::{Cli, Command, normalize_argv};
-use cowork_vm_service::{daemon, run};
+use cowork_vm_service::{agent, daemon, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_argv(std::env::args_os().collect()));
@@ -16,10 +16,7 @@ fn main() -> ExitCode {
             eprintln!("doctor is not available yet");
             ExitCode::from(2)
         }
-        Some(Command::Agent(_)) => {
-            eprintln!("the agent is not available yet");
-            ExitCode::from(2)
-        }
+        Some(Command::Agent(args)) => agent::main(args.fd),
         None => daemon::main(cli.socket),
     }
 }

@@ -23,6 +23,17 @@ impl ProcessEvents {
         &self.table
     }
 
+    /// An `error` event for process `id`.
+    pub async fn error(&self, id: &str, message: String) {
+        self.hub
+            .publish(&Event::Error {
+                id: id.to_string(),
+                message,
+                fatal: None,
+            })
+            .await;
+    }
+
     /// A process that could not be started: its stderr says why, an `error`
     /// event carries the message, and it exits with `code` (127: command
     /// not found, 126: could not execute), as a shell would.

@@ -20,8 +20,6 @@ use cowork_protocol::frame;
 use cowork_protocol::rpc::{Request, Response, parse_request};
 use futures::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -29,6 +27,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::SubscriptionId;
+use crate::framing::write_frames;
 use crate::service::Service;
 
 /// Outgoing frames queued per connection.
@@ -170,24 +169,4 @@ async fn send(tx: &mpsc::Sender<Bytes>, response: &Response) {
             }
         }
     }
-}
-
-/// Writes queued frames in order, coalescing whatever is ready into one
-/// flush.
-async fn write_frames(write_half: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(first) = rx.recv().await {
-        if out.write_all(&first).await.is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if out.write_all(&more).await.is_err() {
-                return;
-            }
-        }
-        if out.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = out.shutdown().await;
 }

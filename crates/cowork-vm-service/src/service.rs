@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
+use cowork_policy::command::find_in_path;
 use cowork_policy::command::resolve_sdk_binary;
 use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env};
 use cowork_policy::mounts::{
@@ -18,7 +19,7 @@ use cowork_policy::mounts::{
 };
 use cowork_policy::names::{validate_mount_name, validate_session_name};
 use cowork_policy::paths::{is_within, join_within, normalize, resolve_subpath};
-use cowork_policy::selection::{BackendKind, Selection, select_backend};
+use cowork_policy::selection::{BackendKind, BwrapStatus, Selection, select_backend};
 use cowork_policy::signal::{ParsedSignal, parse_signal, signal_from_number};
 use cowork_protocol::event::{ApiReachability, NetworkStatus};
 use cowork_protocol::params::{
@@ -30,6 +31,7 @@ use cowork_protocol::params::{
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use crate::backend::bwrap::{BwrapBackend, BwrapSettings};
 use crate::backend::host::HostBackend;
 use crate::backend::probe::RealProbe;
 use crate::backend::unavailable::UnavailableBackend;
@@ -165,10 +167,7 @@ impl Service {
     fn build_backend(&self, selection: &Selection) -> Arc<dyn Backend> {
         match (selection.backend, selection.overridden) {
             (BackendKind::Host, _) => Arc::new(HostBackend::new(self.dirs.home.clone())),
-            (BackendKind::Bwrap, _) => Arc::new(UnavailableBackend::new(
-                BackendKind::Bwrap,
-                "the bwrap backend is not available in this build of cowork-vm-service",
-            )),
+            (BackendKind::Bwrap, _) => self.build_bwrap(selection),
             (BackendKind::Kvm, true) => Arc::new(UnavailableBackend::new(
                 BackendKind::Kvm,
                 "COWORK_VM_BACKEND=kvm: the KVM backend is not available in this build of \
@@ -181,6 +180,31 @@ impl Service {
                 );
                 Arc::new(HostBackend::new(self.dirs.home.clone()))
             }
+        }
+    }
+
+    fn build_bwrap(&self, selection: &Selection) -> Arc<dyn Backend> {
+        let bwrap = match &selection.bwrap {
+            BwrapStatus::Works { path } => Some(path.clone()),
+            _ => find_in_path("bwrap", self.probe.path_var.as_deref(), &RealFs),
+        };
+        let Some(bwrap) = bwrap else {
+            return Arc::new(UnavailableBackend::new(
+                BackendKind::Bwrap,
+                "COWORK_VM_BACKEND=bwrap, but bubblewrap (bwrap) is not installed: install the \
+                 bubblewrap package",
+            ));
+        };
+        let settings = BwrapSettings {
+            bwrap,
+            home: self.dirs.home.clone(),
+            config_file: self.dirs.linux_config_file(),
+            path_var: self.probe.path_var.clone(),
+            idle_timeout: BwrapSettings::idle_timeout_from_env(),
+        };
+        match BwrapBackend::new(settings) {
+            Ok(b) => b,
+            Err(e) => Arc::new(UnavailableBackend::new(BackendKind::Bwrap, e)),
         }
     }
 
@@ -237,7 +261,14 @@ impl Service {
             }
             "deleteSessionDirs" => {
                 let p: DeleteSessionDirsParams = params::parse(method, params)?;
-                let active = self.busy_sessions().await;
+                let mut active = self.table.active_sessions();
+                if let Some(backend) = self.backend.get() {
+                    for name in &p.names {
+                        if !active.contains(name) && !backend.retire_session(name).await {
+                            active.insert(name.clone());
+                        }
+                    }
+                }
                 let sessions = self.sessions.clone();
                 let result = blocking(move || sessions.delete(&p.names, &active)).await?;
                 if !result.deleted.is_empty() {

@@ -17,12 +17,13 @@ use cowork_policy::command::{resolve_command, resolve_work_dir};
 use cowork_policy::env::translate_for_host;
 use cowork_policy::selection::BackendKind;
 use cowork_protocol::params::StartVmParams;
-use rustix::process::{Pid, Signal, getppid, kill_process_group, set_parent_process_death_signal};
+use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
+use crate::child_setup::{die_with_daemon, exec_failure_code};
 use crate::process_events::ProcessEvents;
 use crate::processes::{ControlError, ProcessControl};
 use crate::real_fs::RealFs;
@@ -107,11 +108,7 @@ impl Backend for HostBackend {
         match start_child(&program, &args, &env, &cwd, job.id.clone(), events.clone()) {
             Ok(control) => Ok(Spawned::Running(control)),
             Err(e) => {
-                let code = if e.kind() == std::io::ErrorKind::NotFound {
-                    127
-                } else {
-                    126
-                };
+                let code = exec_failure_code(&e);
                 let message = format!("cannot execute {}: {e}", program.display());
                 events.failed_to_start(&job.id, &message, code).await;
                 Ok(Spawned::Ended)
@@ -144,24 +141,7 @@ fn start_child(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    let parent = rustix::process::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (prctl, getppid); it allocates
-    // nothing. PDEATHSIG fires when the forking *thread* exits: tokio worker
-    // threads live as long as the runtime, so spawns must not happen on a
-    // blocking-pool thread.
-    unsafe {
-        cmd.pre_exec(move || {
-            set_parent_process_death_signal(Some(Signal::KILL))?;
-            // The daemon may have died between fork and prctl.
-            if getppid() != Some(parent) {
-                return Err(std::io::Error::from_raw_os_error(
-                    rustix::io::Errno::SRCH.raw_os_error(),
-                ));
-            }
-            Ok(())
-        });
-    }
+    die_with_daemon(&mut cmd, None);
     let mut child = cmd.spawn()?;
     let pid = child
         .id()

@@ -5,9 +5,11 @@
 //! the process table) and hands a [`SpawnJob`] to the selected backend:
 //!
 //! * [`host::HostBackend`]: direct children of the daemon, no isolation;
-//! * `bwrap`: one bubblewrap sandbox per session with our agent as pid 1;
+//! * [`bwrap::BwrapBackend`]: one bubblewrap sandbox per session with our
+//!   agent as pid 1;
 //! * `kvm`: not in this build; selecting it gives a clear error.
 
+pub mod bwrap;
 pub mod host;
 pub mod probe;
 pub mod unavailable;
@@ -85,6 +87,11 @@ pub trait Backend: Send + Sync {
     /// running processes (e.g. a live sandbox with background jobs).
     fn busy_sessions(&self) -> HashSet<String> {
         HashSet::new()
+    }
+    /// Releases whatever the backend holds for `session` if nothing runs
+    /// there (before its directory is deleted); false if it is in use.
+    async fn retire_session(&self, _session: &str) -> bool {
+        true
     }
 }
 

@@ -1,5 +1,6 @@
 pub mod harness;
 
+mod bwrap;
 mod host;
 mod lifecycle;
 mod protocol;

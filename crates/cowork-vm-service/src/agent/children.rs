@@ -1,0 +1,291 @@
+//! The agent's processes: starting them, feeding stdin, signalling their
+//! groups, and reaping everything in the sandbox.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cowork_policy::command::resolve_command;
+use cowork_protocol::agent::{AgentStatus, FromAgent, SpawnRequest, StdinNotification};
+use cowork_protocol::event::Stream;
+use rustix::process::{Pid, Signal, WaitOptions, kill_process_group, wait};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Outbox;
+use crate::child_setup::exec_failure_code;
+use crate::real_fs::RealFs;
+use crate::supervise::{ExitInfo, OutputSink, supervise};
+
+struct Tracked {
+    pgid: Pid,
+    stdin: Option<mpsc::UnboundedSender<StdinNotification>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Processes the daemon asked for, by client id.
+    tracked: HashMap<String, Tracked>,
+    /// Exit notifications awaited, by pid.
+    waiters: HashMap<i32, oneshot::Sender<ExitInfo>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Children {
+    state: Arc<Mutex<State>>,
+    out: Outbox,
+}
+
+impl Children {
+    /// Starts the reaper; must run before any child exists.
+    pub(crate) fn start(out: Outbox) -> std::io::Result<Self> {
+        let children = Self {
+            state: Arc::default(),
+            out,
+        };
+        let mut sigchld = signal(SignalKind::child())?;
+        let reaper = children.clone();
+        tokio::spawn(async move {
+            loop {
+                reaper.reap();
+                if sigchld.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        Ok(children)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Updates are single map operations; a poisoned lock is consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Collects every exited child; the ones the daemon asked for have
+    /// waiters, the rest are re-parented orphans.
+    fn reap(&self) {
+        loop {
+            // `wait`, not `waitpid(None)`: the latter is pid 0, our own process
+            // group only, and every child runs in a group of its own.
+            match wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    let exit = ExitInfo {
+                        code: status.exit_status(),
+                        signal: status.terminating_signal(),
+                    };
+                    if let Some(tx) = self.lock().waiters.remove(&pid.as_raw_nonzero().get()) {
+                        let _ = tx.send(exit);
+                    }
+                }
+                Ok(None) => return,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    pub(crate) async fn spawn(&self, req: SpawnRequest) -> Result<u32, String> {
+        let sink = AgentSink {
+            out: self.out.clone(),
+            children: self.clone(),
+        };
+        let path = req.env.get("PATH").map(String::as_str);
+        let program = match resolve_command(&req.command, None, path, &RealFs) {
+            Ok(p) => p,
+            Err(not_found) => {
+                sink.failed(&req.id, &not_found.to_string(), 127).await;
+                return Ok(0);
+            }
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&req.args)
+            .env_clear()
+            .envs(&req.env)
+            .current_dir(&req.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // SAFETY: runs in the forked child before exec; prctl is
+        // async-signal-safe and nothing is allocated.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                rustix::thread::set_no_new_privs(true)?;
+                Ok(())
+            });
+        }
+        // No await between spawn and registering the waiter: the reaper
+        // cannot run in between on this single-threaded runtime.
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let code = exec_failure_code(&e);
+                let message = format!("cannot execute {}: {e}", program.display());
+                sink.failed(&req.id, &message, code).await;
+                return Ok(0);
+            }
+        };
+        let raw_pid = child.id();
+        let pid = Pid::from_raw(raw_pid as i32).ok_or("child without pid")?;
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        let stdin = child.stdin.take().map(OwnedFd::from);
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        {
+            let mut state = self.lock();
+            state.waiters.insert(raw_pid as i32, exit_tx);
+            state.tracked.insert(
+                req.id.clone(),
+                Tracked {
+                    pgid: pid,
+                    stdin: Some(stdin_tx),
+                },
+            );
+        }
+        // The reaper owns the exit status; `child` is never waited on.
+        drop(child);
+        let stdout = stdout
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let stderr = stderr
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if let Some(fd) = stdin {
+            let writer = pipe::Sender::from_owned_fd(fd).map_err(|e| e.to_string())?;
+            tokio::spawn(feed_stdin(writer, stdin_rx));
+        }
+        let wait = async move {
+            exit_rx.await.unwrap_or(ExitInfo {
+                code: None,
+                signal: Some(Signal::KILL.as_raw()),
+            })
+        };
+        tokio::spawn(supervise(req.id, stdout, stderr, wait, sink));
+        Ok(raw_pid)
+    }
+
+    pub(crate) fn kill(&self, id: &str, signal: i32) -> Result<(), String> {
+        let sig =
+            Signal::from_named_raw(signal).ok_or_else(|| format!("unsupported signal {signal}"))?;
+        let pgid = self
+            .lock()
+            .tracked
+            .get(id)
+            .map(|t| t.pgid)
+            .ok_or_else(|| format!("unknown process {id}"))?;
+        kill_process_group(pgid, sig).map_err(|e| format!("kill {id}: {e}"))
+    }
+
+    pub(crate) fn stdin(&self, n: StdinNotification) {
+        let mut state = self.lock();
+        let Some(tracked) = state.tracked.get_mut(&n.id) else {
+            return;
+        };
+        let eof = n.eof;
+        if let Some(tx) = &tracked.stdin
+            && tx.send(n).is_err()
+        {
+            tracked.stdin = None;
+        }
+        if eof {
+            tracked.stdin = None;
+        }
+    }
+
+    pub(crate) fn status(&self) -> AgentStatus {
+        let tracked = self.lock().tracked.len();
+        // Our own /proc: every pid but ours is a process of the sandbox.
+        let all = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
+                    .count()
+            })
+            .unwrap_or(1);
+        AgentStatus {
+            tracked,
+            other_processes: all.saturating_sub(1 + tracked),
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().tracked.remove(id);
+    }
+}
+
+async fn feed_stdin(mut writer: pipe::Sender, mut rx: mpsc::UnboundedReceiver<StdinNotification>) {
+    while let Some(n) = rx.recv().await {
+        if !n.data.is_empty() && writer.write_all(n.data.as_bytes()).await.is_err() {
+            return;
+        }
+        if n.eof {
+            return;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AgentSink {
+    out: Outbox,
+    children: Children,
+}
+
+impl AgentSink {
+    /// Reports a process that could not start, as the host backend does.
+    async fn failed(&self, id: &str, message: &str, code: i32) {
+        self.out
+            .send(&FromAgent::Stderr {
+                id: id.to_string(),
+                data: format!("Error: {message}\n"),
+            })
+            .await;
+        if code != 127 {
+            self.out
+                .send(&FromAgent::Error {
+                    id: id.to_string(),
+                    message: message.to_string(),
+                })
+                .await;
+        }
+        self.out
+            .send(&FromAgent::Exit {
+                id: id.to_string(),
+                code: Some(code),
+                signal: None,
+            })
+            .await;
+    }
+}
+
+impl OutputSink for AgentSink {
+    async fn output(&self, id: &str, stream: Stream, data: String) {
+        let id = id.to_string();
+        let message = match stream {
+            Stream::Stdout => FromAgent::Stdout { id, data },
+            Stream::Stderr => FromAgent::Stderr { id, data },
+        };
+        self.out.send(&message).await;
+    }
+
+    async fn exited(&self, id: &str, exit: ExitInfo) {
+        self.children.forget(id);
+        self.out
+            .send(&FromAgent::Exit {
+                id: id.to_string(),
+                code: exit.code,
+                signal: exit.signal_name(),
+            })
+            .await;
+    }
+}

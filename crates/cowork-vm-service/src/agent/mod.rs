@@ -1,0 +1,144 @@
+//! The agent: pid 1 of a session sandbox (and, later, init of the VM).
+//!
+//! It serves one framed channel to the daemon (a socketpair end inherited
+//! through bwrap): `spawn`, `kill`, `status` requests and `stdin`
+//! notifications in; responses and process events out (see
+//! `cowork_protocol::agent`). It reaps every process in the sandbox,
+//! including background jobs re-parented to it, and exits when the channel
+//! closes, which ends the pid namespace and everything in it.
+//!
+//! It runs single-threaded: forking from one thread is cheap and safe, and
+//! a child's exit can never be reaped before its waiter is registered
+//! (registration happens right after `fork`, before the runtime can switch
+//! to the reaper task).
+
+mod children;
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use cowork_protocol::agent::{
+    FromAgent, KillRequest, SpawnRequest, StdinNotification, ToAgent, method,
+};
+use cowork_protocol::frame;
+use futures::StreamExt;
+use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use crate::framing::write_frames;
+use children::Children;
+
+/// Frames queued towards the daemon.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Entry point of `cowork-vm-service agent --fd N`.
+pub fn main(fd: RawFd) -> ExitCode {
+    // Refuse anything but an open descriptor before taking ownership of it.
+    // SAFETY: fcntl(F_GETFD) on an arbitrary number only queries it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if fcntl_getfd(borrowed).is_err() {
+        eprintln!("cowork-vm-service agent: descriptor {fd} is not open");
+        return ExitCode::from(2);
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process for its exclusive use; nothing else in the agent refers to it.
+    let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Children must not inherit the channel.
+    if let Err(e) = fcntl_setfd(&channel, FdFlags::CLOEXEC) {
+        eprintln!("cowork-vm-service agent: {e}");
+        return ExitCode::from(2);
+    }
+    // Processes in the sandbox run as our uid: without this they could
+    // ptrace pid 1 and speak on its channel.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cowork-vm-service agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(serve(channel)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cowork-vm-service agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(channel: OwnedFd) -> std::io::Result<()> {
+    let std_stream = std::os::unix::net::UnixStream::from(channel);
+    std_stream.set_nonblocking(true)?;
+    let (read_half, write_half) = UnixStream::from_std(std_stream)?.into_split();
+    let (tx, rx) = mpsc::channel::<Bytes>(OUTGOING_QUEUE);
+    let writer = tokio::spawn(write_frames(write_half, rx));
+    let out = Outbox(tx);
+    out.send(&FromAgent::Ready {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+    .await;
+    let children = Children::start(out.clone())?;
+    let mut frames = FramedRead::new(read_half, frame::codec());
+    while let Some(next) = frames.next().await {
+        let Ok(body) = next else { break };
+        match serde_json::from_slice::<ToAgent>(&body) {
+            Ok(ToAgent::Request { id, method, params }) => {
+                let outcome = handle(&children, &method, params).await;
+                let (result, error) = match outcome {
+                    Ok(v) => (Some(v), None),
+                    Err(e) => (None, Some(e)),
+                };
+                out.send(&FromAgent::Response { id, result, error }).await;
+            }
+            Ok(ToAgent::Notification { method, params }) if method == method::STDIN => {
+                if let Ok(n) = serde_json::from_value::<StdinNotification>(params) {
+                    children.stdin(n);
+                }
+            }
+            // Unknown notifications and malformed frames are ignored: the
+            // daemon is the only peer and a newer one may send more.
+            Ok(ToAgent::Notification { .. }) | Err(_) => {}
+        }
+    }
+    // The daemon is gone: returning ends pid 1 and with it the sandbox.
+    drop(out);
+    writer.abort();
+    Ok(())
+}
+
+async fn handle(children: &Children, name: &str, params: Value) -> Result<Value, String> {
+    match name {
+        method::SPAWN => {
+            let req: SpawnRequest = serde_json::from_value(params).map_err(|e| e.to_string())?;
+            children.spawn(req).await.map(|pid| json!({"pid": pid}))
+        }
+        method::KILL => {
+            let req: KillRequest = serde_json::from_value(params).map_err(|e| e.to_string())?;
+            children.kill(&req.id, req.signal).map(|()| json!({}))
+        }
+        method::STATUS => serde_json::to_value(children.status()).map_err(|e| e.to_string()),
+        other => Err(format!("unknown agent method: {other}")),
+    }
+}
+
+/// The queue of frames to the daemon.
+#[derive(Clone)]
+pub(crate) struct Outbox(mpsc::Sender<Bytes>);
+
+impl Outbox {
+    pub(crate) async fn send(&self, message: &FromAgent) {
+        if let Ok(frame) = frame::encode(message) {
+            // If the daemon is gone the agent is about to exit anyway.
+            let _ = self.0.send(frame).await;
+        }
+    }
+}

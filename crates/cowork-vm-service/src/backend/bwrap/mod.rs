@@ -1,0 +1,438 @@
+//! The bwrap backend: one bubblewrap sandbox per Cowork session, with our
+//! agent as its pid 1.
+//!
+//! Every Bash tool call is a `spawn`; the reference starts a fresh bwrap for
+//! each, so `/tmp` is wiped and background jobs die between calls. Here the
+//! first spawn of a session starts its sandbox and later spawns are just a
+//! request to its agent. The sandbox's `/tmp` is the session's persistent
+//! `tmp/` directory.
+//!
+//! Generations: a spawn whose mounts, SDK or home mode differ from the
+//! running sandbox starts a new one (bind mounts cannot be added to a
+//! running sandbox); the old one keeps running until its processes are done
+//! and is then torn down. Idle sandboxes (no processes at all, background
+//! jobs included) are torn down after `COWORK_VM_IDLE_TIMEOUT_SECS`.
+
+mod link;
+mod sandbox;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cowork_policy::bwrap_argv::{host_layout, sandbox_work_dir, sdk_dir, session_mnt};
+use cowork_policy::bwrap_config::load_bwrap_mounts;
+use cowork_policy::fs_view::FsView;
+use cowork_policy::selection::BackendKind;
+use cowork_protocol::agent::{AgentStatus, SpawnRequest, StdinNotification, method};
+use cowork_protocol::params::StartVmParams;
+use serde_json::json;
+
+use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
+use crate::process_events::ProcessEvents;
+use crate::processes::{ControlError, ProcessControl};
+use crate::real_fs::RealFs;
+use link::AgentLink;
+use sandbox::{Sandbox, SandboxEnv, SandboxKey};
+
+/// Default idle time before a session sandbox is torn down.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How the backend is set up.
+#[derive(Debug, Clone)]
+pub struct BwrapSettings {
+    pub bwrap: PathBuf,
+    pub home: PathBuf,
+    pub config_file: PathBuf,
+    pub path_var: Option<String>,
+    pub idle_timeout: Duration,
+}
+
+impl BwrapSettings {
+    /// `COWORK_VM_IDLE_TIMEOUT_SECS` (seconds; default 600).
+    pub fn idle_timeout_from_env() -> Duration {
+        std::env::var("COWORK_VM_IDLE_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_secs_f64)
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    current: Option<Arc<Sandbox>>,
+    /// Earlier generations still running processes.
+    old: Vec<Arc<Sandbox>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Serializes starting and tearing down this session's sandboxes.
+    start: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn all(&self) -> Vec<Arc<Sandbox>> {
+        let s = self.state();
+        s.current.iter().chain(s.old.iter()).cloned().collect()
+    }
+}
+
+pub struct BwrapBackend {
+    env: SandboxEnv,
+    running: VmFlags,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    generation: AtomicU64,
+}
+
+impl BwrapBackend {
+    /// Reads the mount config and host layout once (a changed config needs
+    /// a daemon restart, as with the reference) and starts idle reaping.
+    pub fn new(settings: BwrapSettings) -> Result<Arc<Self>, String> {
+        let agent_binary = std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .map_err(|e| format!("cannot locate this executable for the sandbox agent: {e}"))?;
+        let fs = RealFs;
+        let text = std::fs::read_to_string(&settings.config_file).ok();
+        let config = match load_bwrap_mounts(text.as_deref(), &settings.home, &fs) {
+            Ok((config, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                if !config.is_empty() {
+                    tracing::info!(
+                        "bwrap mount config: {} read-only, {} read-write, {} disabled",
+                        config.ro_binds.len(),
+                        config.rw_binds.len(),
+                        config.disabled.len()
+                    );
+                }
+                config
+            }
+            Err(e) => {
+                tracing::error!("ignoring {}: {e}", settings.config_file.display());
+                Default::default()
+            }
+        };
+        let backend = Arc::new(Self {
+            env: SandboxEnv {
+                bwrap: settings.bwrap,
+                agent_binary,
+                home: settings.home,
+                layout: host_layout(&fs),
+                config,
+                path_var: settings.path_var,
+            },
+            running: VmFlags::default(),
+            slots: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        });
+        tokio::spawn(reap_idle(Arc::downgrade(&backend), settings.idle_timeout));
+        Ok(backend)
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, session: &str) -> Arc<Slot> {
+        self.slots().entry(session.to_string()).or_default().clone()
+    }
+
+    /// The session's sandbox for `key`, starting a new generation if needed.
+    async fn sandbox_for(
+        &self,
+        job: &SpawnJob,
+        key: SandboxKey,
+        events: &ProcessEvents,
+    ) -> Result<Arc<Sandbox>, String> {
+        let slot = self.slot(&job.session);
+        let _starting = slot.start.lock().await;
+        if let Some(current) = &slot.state().current
+            && current.key == key
+            && current.link.is_alive()
+        {
+            return Ok(current.clone());
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let sandbox = Sandbox::start(
+            &self.env,
+            &job.session,
+            &job.session_dir,
+            key,
+            generation,
+            events.clone(),
+        )?;
+        let mut state = slot.state();
+        if let Some(old) = state.current.replace(sandbox.clone())
+            && old.link.is_alive()
+        {
+            tracing::info!(
+                "session {}: mounts changed, generation {} started; generation {} finishes its processes",
+                job.session,
+                generation,
+                old.generation
+            );
+            state.old.push(old);
+        }
+        Ok(sandbox)
+    }
+
+    /// Tears down the session's sandboxes that have nothing running;
+    /// `include_current` also considers the current one. Returns whether
+    /// nothing is left.
+    async fn reap_slot(
+        &self,
+        name: &str,
+        slot: &Slot,
+        include_current: bool,
+        min_idle: Duration,
+    ) -> bool {
+        let _guard = slot.start.lock().await;
+        let candidates: Vec<(Arc<Sandbox>, bool)> = {
+            let s = slot.state();
+            s.current
+                .iter()
+                .map(|c| (c.clone(), true))
+                .chain(s.old.iter().map(|o| (o.clone(), false)))
+                .collect()
+        };
+        for (sandbox, is_current) in candidates {
+            let dead = !sandbox.link.is_alive();
+            let retire = dead
+                || ((!is_current || include_current)
+                    && sandbox.link.running_count() == 0
+                    && sandbox.idle_for() >= if is_current { min_idle } else { Duration::ZERO }
+                    && is_empty(&sandbox).await);
+            if retire {
+                if !dead {
+                    tracing::info!(
+                        "session {name}: tearing down idle sandbox (generation {})",
+                        sandbox.generation
+                    );
+                }
+                sandbox.shutdown();
+                let mut s = slot.state();
+                if s.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &sandbox)) {
+                    s.current = None;
+                }
+                s.old.retain(|o| !Arc::ptr_eq(o, &sandbox));
+            }
+        }
+        let s = slot.state();
+        s.current.is_none() && s.old.is_empty()
+    }
+}
+
+/// Whether the agent reports no processes besides itself.
+async fn is_empty(sandbox: &Sandbox) -> bool {
+    match sandbox.link.request(method::STATUS, json!({})).await {
+        Ok(v) => serde_json::from_value::<AgentStatus>(v)
+            .is_ok_and(|s| s.tracked == 0 && s.other_processes == 0),
+        Err(_) => !sandbox.link.is_alive(),
+    }
+}
+
+/// Periodically tears down idle sandboxes and finished generations. A tick
+/// is cheap (the agent is asked only about sandboxes with nothing tracked
+/// that are old or idle long enough), so finished generations go within a
+/// second.
+async fn reap_idle(backend: Weak<BwrapBackend>, idle_timeout: Duration) {
+    let tick = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(backend) = backend.upgrade() else {
+            return;
+        };
+        let slots: Vec<(String, Arc<Slot>)> = backend
+            .slots()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, slot) in slots {
+            if backend.reap_slot(&name, &slot, true, idle_timeout).await {
+                let mut slots = backend.slots();
+                if slots
+                    .get(&name)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot) && slot.all().is_empty())
+                {
+                    slots.remove(&name);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for BwrapBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Bwrap
+    }
+
+    fn is_isolated(&self) -> bool {
+        true
+    }
+
+    async fn start(&self, _params: &StartVmParams) -> Result<(), BackendError> {
+        self.running.set(true);
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        self.running.set(false);
+        let slots: Vec<Arc<Slot>> = self.slots().drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            let _guard = slot.start.lock().await;
+            for sandbox in slot.all() {
+                sandbox.shutdown();
+            }
+            *slot.state() = SlotState::default();
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.get()
+    }
+
+    fn is_guest_connected(&self) -> bool {
+        self.running.get()
+    }
+
+    async fn spawn(&self, job: SpawnJob, events: ProcessEvents) -> Result<Spawned, BackendError> {
+        let fs = RealFs;
+        let command = match &job.sdk_binary {
+            Some(sdk)
+                if Path::new(&job.command)
+                    .file_name()
+                    .is_some_and(|n| n == "claude")
+                    && fs.exists(sdk) =>
+            {
+                sdk.to_string_lossy().into_owned()
+            }
+            _ => job.command.clone(),
+        };
+        let key = SandboxKey {
+            mounts: job.mounts.clone(),
+            sdk_dir: sdk_dir(job.sdk_binary.as_deref()),
+            skeleton_home: job.mount_skeleton_home,
+        };
+        let sandbox = match self.sandbox_for(&job, key, &events).await {
+            Ok(s) => s,
+            Err(reason) => {
+                let message = format!(
+                    "cannot start the sandbox of session {}: {reason}",
+                    job.session
+                );
+                tracing::error!("{message}");
+                events.failed_to_start(&job.id, &message, 126).await;
+                return Ok(Spawned::Ended);
+            }
+        };
+        let cwd = sandbox_work_dir(job.cwd.as_deref(), &job.session, &job.mounts, &fs);
+        let mut env = job.env;
+        env.insert("PWD".into(), cwd.clone());
+        let request = SpawnRequest {
+            id: job.id.clone(),
+            command,
+            args: job.args,
+            env,
+            cwd,
+        };
+        let params = serde_json::to_value(&request).map_err(|e| BackendError::Session {
+            session: job.session.clone(),
+            reason: e.to_string(),
+        })?;
+        sandbox.touch();
+        sandbox.link.track(&job.id);
+        match sandbox.link.request(method::SPAWN, params).await {
+            Ok(_) => Ok(Spawned::Running(Arc::new(SandboxProcess {
+                id: job.id,
+                link: sandbox.link.clone(),
+            }))),
+            Err(e) => {
+                sandbox.link.untrack(&job.id);
+                let reason = if sandbox.link.is_alive() {
+                    e.to_string()
+                } else {
+                    sandbox.failure_reason().await
+                };
+                let message = format!("sandbox of session {}: {reason}", job.session);
+                tracing::error!("spawn {}: {message}", job.id);
+                events.failed_to_start(&job.id, &message, 126).await;
+                Ok(Spawned::Ended)
+            }
+        }
+    }
+
+    fn mount_path_reply(&self, session: Option<&str>, mount_name: &str, host: &Path) -> String {
+        match session {
+            Some(s) => format!("{}/{mount_name}", session_mnt(s)),
+            None => host.to_string_lossy().into_owned(),
+        }
+    }
+
+    fn busy_sessions(&self) -> HashSet<String> {
+        self.slots()
+            .iter()
+            .filter(|(_, slot)| slot.all().iter().any(|s| s.link.is_alive()))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    async fn retire_session(&self, session: &str) -> bool {
+        let slot = self.slots().get(session).cloned();
+        match slot {
+            None => true,
+            Some(slot) => {
+                let empty = self.reap_slot(session, &slot, true, Duration::ZERO).await;
+                if empty {
+                    self.slots().remove(session);
+                }
+                empty
+            }
+        }
+    }
+}
+
+/// A process running in a session sandbox.
+struct SandboxProcess {
+    id: String,
+    link: Arc<AgentLink>,
+}
+
+#[async_trait]
+impl ProcessControl for SandboxProcess {
+    async fn signal(&self, signal: i32) -> Result<(), ControlError> {
+        self.link
+            .request(method::KILL, json!({"id": self.id, "signal": signal}))
+            .await
+            .map(|_| ())
+            .map_err(|e| ControlError::Signal {
+                id: self.id.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn write_stdin(&self, data: String, eof: bool) -> Result<(), ControlError> {
+        let note = StdinNotification {
+            id: self.id.clone(),
+            data,
+            eof,
+        };
+        let params =
+            serde_json::to_value(note).map_err(|_| ControlError::StdinClosed(self.id.clone()))?;
+        self.link
+            .notify(method::STDIN, params)
+            .await
+            .map_err(|_| ControlError::SandboxGone(self.id.clone()))
+    }
+}
