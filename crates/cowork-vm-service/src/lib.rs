@@ -24,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dirs;
+pub mod doctor;
 pub mod events;
 pub mod framing;
 pub mod logging;

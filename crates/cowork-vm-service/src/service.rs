@@ -35,7 +35,7 @@ use crate::backend::bwrap::{BwrapBackend, BwrapSettings};
 use crate::backend::host::HostBackend;
 use crate::backend::probe::RealProbe;
 use crate::backend::unavailable::UnavailableBackend;
-use crate::backend::{Backend, SpawnJob, Spawned};
+use crate::backend::{Backend, BackendPlan, SpawnJob, Spawned, plan_backend};
 use crate::dirs::Dirs;
 use crate::events::EventHub;
 use crate::logging::{LIFECYCLE, LogControl};
@@ -165,21 +165,15 @@ impl Service {
     }
 
     fn build_backend(&self, selection: &Selection) -> Arc<dyn Backend> {
-        match (selection.backend, selection.overridden) {
-            (BackendKind::Host, _) => Arc::new(HostBackend::new(self.dirs.home.clone())),
-            (BackendKind::Bwrap, _) => self.build_bwrap(selection),
-            (BackendKind::Kvm, true) => Arc::new(UnavailableBackend::new(
-                BackendKind::Kvm,
-                "COWORK_VM_BACKEND=kvm: the KVM backend is not available in this build of \
-                 cowork-vm-service; use COWORK_VM_BACKEND=bwrap (recommended) or host",
-            )),
-            (BackendKind::Kvm, false) => {
-                tracing::warn!(
-                    "KVM requirements are met but this build has no KVM backend: using the host \
-                     backend WITHOUT isolation; install bubblewrap for sandboxing"
-                );
+        match plan_backend(selection) {
+            BackendPlan::Bwrap => self.build_bwrap(selection),
+            BackendPlan::Host { warning } => {
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
                 Arc::new(HostBackend::new(self.dirs.home.clone()))
             }
+            BackendPlan::Unavailable { kind, why } => Arc::new(UnavailableBackend::new(kind, why)),
         }
     }
 

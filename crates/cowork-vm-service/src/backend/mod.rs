@@ -22,12 +22,53 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use cowork_policy::env::EnvMap;
 use cowork_policy::mounts::MountMap;
-use cowork_policy::selection::BackendKind;
+use cowork_policy::selection::{BackendKind, Selection};
 use cowork_protocol::params::StartVmParams;
 
 use crate::process_events::ProcessEvents;
 use crate::processes::ProcessControl;
 use crate::sessions::SessionDir;
+
+/// What the daemon builds for a [`Selection`]; `--doctor` reports the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendPlan {
+    /// The bubblewrap session sandboxes.
+    Bwrap,
+    /// Unisolated processes; `warning` explains why when it was not asked for.
+    Host { warning: Option<String> },
+    /// The selected backend cannot work; every call says `why`.
+    Unavailable { kind: BackendKind, why: String },
+}
+
+/// Why this build cannot give the KVM backend.
+pub const KVM_UNAVAILABLE: &str = "COWORK_VM_BACKEND=kvm: the KVM backend is not available in \
+this build of cowork-vm-service; use COWORK_VM_BACKEND=bwrap (recommended) or host";
+
+/// Turns a selection into what gets built (only a missing bwrap binary for
+/// an explicit `bwrap` is decided later, when the backend is built).
+pub fn plan_backend(selection: &Selection) -> BackendPlan {
+    match (selection.backend, selection.overridden) {
+        (BackendKind::Bwrap, _) => BackendPlan::Bwrap,
+        (BackendKind::Host, true) => BackendPlan::Host { warning: None },
+        (BackendKind::Host, false) => BackendPlan::Host {
+            warning: Some(format!(
+                "no isolation available ({}): commands run directly on this machine",
+                selection.reason
+            )),
+        },
+        (BackendKind::Kvm, true) => BackendPlan::Unavailable {
+            kind: BackendKind::Kvm,
+            why: KVM_UNAVAILABLE.to_string(),
+        },
+        (BackendKind::Kvm, false) => BackendPlan::Host {
+            warning: Some(
+                "KVM requirements are met but this build has no KVM backend: using the host \
+                 backend WITHOUT isolation; install bubblewrap for sandboxing"
+                    .to_string(),
+            ),
+        },
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -1,6 +1,7 @@
 pub mod harness;
 
 mod bwrap;
+mod doctor;
 mod host;
 mod lifecycle;
 mod protocol;
