@@ -1,0 +1,194 @@
+//! A daemon under test (ours or the reference) on a private HOME and
+//! runtime directory, and a blocking client of its socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// How to start one daemon implementation.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub label: &'static str,
+    /// Program and leading arguments (`node /path/cowork-vm-service.js`).
+    pub argv: Vec<String>,
+}
+
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `target` with `backend`; returns it and the time until it
+    /// answered its first request.
+    pub fn start(
+        target: &Target,
+        backend: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<(Self, Duration)> {
+        let root = tempfile::Builder::new().prefix("cowork-bench-").tempdir()?;
+        let home = root.path().join("home");
+        let runtime = root.path().join("rt");
+        std::fs::create_dir_all(&home)?;
+        std::fs::create_dir_all(&runtime)?;
+        std::fs::set_permissions(
+            &runtime,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        let socket = runtime.join("cowork-vm-service.sock");
+        let mut cmd = Command::new(&target.argv[0]);
+        cmd.args(&target.argv[1..])
+            .env_clear()
+            .env("HOME", &home)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            )
+            .env("COWORK_VM_BACKEND", backend)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", target.argv.join(" ")))?;
+        let mut daemon = Daemon {
+            child,
+            socket,
+
+            _root: root,
+        };
+        loop {
+            if let Ok(reply) = daemon.one_shot("isRunning", json!({})) {
+                if reply.get("success") == Some(&Value::Bool(true)) {
+                    return Ok((daemon, started.elapsed()));
+                }
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("{} exited during start: {status}", target.label);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("{} did not answer within 20 s", target.label);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS missing")
+    }
+
+    pub fn connect(&self) -> Result<Client> {
+        Client::connect(&self.socket)
+    }
+
+    /// A request without id on a fresh connection, as the 3.x client sends.
+    pub fn one_shot(&self, method: &str, params: Value) -> Result<Value> {
+        let mut c = self.connect()?;
+        c.send(&json!({"method": method, "params": params}))?;
+        c.stream.shutdown(std::net::Shutdown::Write)?;
+        c.recv()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.connect() {
+            let _ = c.call("stopVM", json!({}));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub stream: UnixStream,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Self> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        Ok(Self {
+            stream,
+            next_id: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn frame(v: &Value) -> Result<Vec<u8>> {
+        let body = serde_json::to_vec(v)?;
+        let mut out = u32::try_from(body.len())?.to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    pub fn send(&mut self, v: &Value) -> Result<()> {
+        self.stream.write_all(&Self::frame(v)?)?;
+        Ok(())
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Next frame's body, parsed.
+    pub fn recv(&mut self) -> Result<Value> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        self.buf.resize(len, 0);
+        self.stream.read_exact(&mut self.buf)?;
+        Ok(serde_json::from_slice(&self.buf)?)
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A request with an id; frames for other ids are skipped.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        let id = self.next_id();
+        self.send(&json!({"method": method, "params": params, "id": id}))?;
+        loop {
+            let reply = self.recv()?;
+            if reply.get("id") == Some(&json!(id)) {
+                if reply.get("success") != Some(&Value::Bool(true)) {
+                    bail!("{method} failed: {reply}");
+                }
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Turns this connection into an event stream.
+    pub fn subscribe(&mut self) -> Result<()> {
+        self.send(&json!({"method": "subscribeEvents", "params": {"userDataName": "bench"}}))?;
+        self.recv()?;
+        Ok(())
+    }
+}

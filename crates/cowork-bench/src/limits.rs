@@ -1,0 +1,107 @@
+//! What the machine itself allows, measured in the same run: the floor
+//! under each of our figures.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cowork_policy::bwrap_argv::{SandboxPlan, host_layout, sandbox_argv};
+use cowork_policy::bwrap_config::BwrapMountsConfig;
+use cowork_policy::command::find_in_path;
+use cowork_policy::mounts::MountMap;
+use cowork_vm_service::real_fs::RealFs;
+
+use crate::measure::producer;
+use crate::stats::ms;
+
+/// fork+exec of `/usr/bin/true` from this process, waited for.
+pub fn fork_exec(n: usize) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let status = Command::new("/usr/bin/true").status()?;
+        samples.push(ms(t.elapsed()));
+        if !status.success() {
+            bail!("/usr/bin/true failed");
+        }
+    }
+    Ok(samples)
+}
+
+pub fn bwrap_path() -> Option<PathBuf> {
+    find_in_path("bwrap", std::env::var("PATH").ok().as_deref(), &RealFs)
+}
+
+/// Our session sandbox's exact bwrap argv with `/usr/bin/true` instead of
+/// the agent: what one cold start costs bubblewrap alone.
+pub fn bare_bwrap_argv(scratch: &Path) -> Vec<String> {
+    let layout = host_layout(&RealFs);
+    let mounts = MountMap::new();
+    let config = BwrapMountsConfig::default();
+    let plan = SandboxPlan {
+        session: "bench",
+        home: scratch,
+        session_tmp: scratch,
+        skeleton_home: None,
+        sdk_dir: None,
+        mounts: &mounts,
+        agent_binary: Path::new("/usr/bin/true"),
+        agent_fd: 3,
+        layout: &layout,
+        config: &config,
+    };
+    let mut argv = sandbox_argv(&plan);
+    if let Some(sep) = argv.iter().position(|a| a == "--") {
+        argv.truncate(sep + 1);
+    }
+    argv.push("/usr/bin/true".into());
+    argv
+}
+
+pub fn bare_bwrap(n: usize) -> Result<Vec<f64>> {
+    let bwrap = bwrap_path().context("bwrap is not installed")?;
+    let scratch = tempfile::tempdir()?;
+    let argv = bare_bwrap_argv(scratch.path());
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = Command::new(&bwrap)
+            .args(&argv)
+            .stdin(Stdio::null())
+            .output()?;
+        samples.push(ms(t.elapsed()));
+        if !out.status.success() {
+            bail!(
+                "bare bwrap failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(samples)
+}
+
+/// MB/s of the producer's output read straight from a pipe.
+pub fn raw_pipe(bytes: u64) -> Result<f64> {
+    let t = Instant::now();
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &producer(bytes)])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("no stdout")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    child.wait()?;
+    if total != bytes {
+        bail!("raw pipe delivered {total} of {bytes} bytes");
+    }
+    Ok(bytes as f64 / 1e6 / t.elapsed().as_secs_f64())
+}

@@ -1,0 +1,255 @@
+//! `cowork-bench`: measures cowork-vm-service against the reference daemon
+//! and against the machine's own limits, side by side in one run.
+//!
+//! Every run starts fresh daemons on private sockets and homes; runs
+//! alternate which implementation goes first, and each figure is the
+//! median over runs (per-operation figures are a run's p50/p99 first).
+
+mod daemon;
+mod limits;
+mod measure;
+mod report;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use daemon::{Daemon, Target};
+use report::Results;
+use stats::{median, percentile};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Benchmark cowork-vm-service against the reference daemon and the machine's limits"
+)]
+struct Args {
+    /// Our daemon binary (default: `cowork-vm-service` next to this one).
+    #[arg(long)]
+    daemon: Option<PathBuf>,
+    /// The reference daemon's command line, e.g. 'node ../shared/reference/cowork-vm-service.js'.
+    #[arg(long)]
+    reference: Option<String>,
+    /// Repetitions; figures are medians over runs.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// spawn -> exit samples per run on the host backend (RSS is read after them).
+    #[arg(long, default_value_t = 1000)]
+    spawns: usize,
+    /// spawn -> exit samples per run into an existing bwrap session.
+    #[arg(long, default_value_t = 300)]
+    warm_spawns: usize,
+    /// First spawns of new bwrap sessions per run (sandbox cold starts).
+    #[arg(long, default_value_t = 20)]
+    cold_spawns: usize,
+    /// RPC samples per run (one-shot and pipelined each).
+    #[arg(long, default_value_t = 2000)]
+    rpcs: usize,
+    /// Requests in flight for the pipelined RPC figure.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Bytes of stdout for the throughput figure.
+    #[arg(long, default_value_t = 256 << 20)]
+    stdout_bytes: u64,
+    /// Spawns sent at once for the concurrency figure.
+    #[arg(long, default_value_t = 50)]
+    concurrent: usize,
+    /// Tiny counts: checks that everything works, measures nothing useful.
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    fn apply_quick(&mut self) {
+        if self.quick {
+            self.runs = 1;
+            self.spawns = 10;
+            self.warm_spawns = 5;
+            self.cold_spawns = 2;
+            self.rpcs = 20;
+            self.stdout_bytes = 1 << 20;
+            self.concurrent = 5;
+        }
+    }
+}
+
+fn our_daemon(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("this executable has no directory")?
+            .join("cowork-vm-service"),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it first (cargo build --release --workspace) or pass --daemon",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn p(samples: &[f64], q: f64) -> f64 {
+    percentile(samples, q).unwrap_or(f64::NAN)
+}
+
+/// Every figure of one implementation for one run.
+fn measure_target(
+    target: &Target,
+    args: &Args,
+    run: usize,
+    bwrap: bool,
+) -> Result<BTreeMap<&'static str, f64>> {
+    let mut m = BTreeMap::new();
+    let label = target.label;
+    {
+        let (d, start) =
+            Daemon::start(target, "host", &[]).with_context(|| format!("{label}: host daemon"))?;
+        m.insert("start_ms", stats::ms(start));
+        std::thread::sleep(Duration::from_millis(200));
+        m.insert("idle_rss_mib", d.rss_kib()? as f64 / 1024.0);
+        let one = measure::rpc_one_shot(&d, args.rpcs)
+            .with_context(|| format!("{label}: one-shot RPC"))?;
+        m.insert("rpc_one_shot_p50_ms", p(&one, 50.0));
+        m.insert("rpc_one_shot_p99_ms", p(&one, 99.0));
+        let piped = measure::rpc_pipelined(&d, args.rpcs, args.window)
+            .with_context(|| format!("{label}: pipelined RPC"))?;
+        m.insert("rpc_pipelined_p50_ms", p(&piped, 50.0));
+        m.insert("rpc_pipelined_p99_ms", p(&piped, 99.0));
+        let host = measure::spawn_exit(&d, "host", args.spawns, |_| "bench".into())
+            .with_context(|| format!("{label}: host spawns"))?;
+        m.insert("spawn_host_p50_ms", p(&host, 50.0));
+        m.insert("spawn_host_p99_ms", p(&host, 99.0));
+        m.insert("rss_after_spawns_mib", d.rss_kib()? as f64 / 1024.0);
+        m.insert(
+            "concurrent_ms",
+            measure::concurrent_spawns(&d, args.concurrent)
+                .with_context(|| format!("{label}: concurrent spawns"))?,
+        );
+        m.insert(
+            "stdout_mbps",
+            measure::stdout_throughput(&d, args.stdout_bytes)
+                .with_context(|| format!("{label}: stdout throughput"))?,
+        );
+    }
+    if bwrap {
+        let (d, _) = Daemon::start(target, "bwrap", &[])
+            .with_context(|| format!("{label}: bwrap daemon"))?;
+        // The session's sandbox starts here (reference: nothing persists).
+        measure::spawn_exit(&d, "warmup", 1, |_| "warm".into())?;
+        let warm = measure::spawn_exit(&d, "warm", args.warm_spawns, |_| "warm".into())
+            .with_context(|| format!("{label}: warm bwrap spawns"))?;
+        m.insert("spawn_bwrap_warm_p50_ms", p(&warm, 50.0));
+        m.insert("spawn_bwrap_warm_p99_ms", p(&warm, 99.0));
+        let cold = measure::spawn_exit(&d, "cold", args.cold_spawns, |i| format!("cold-{run}-{i}"))
+            .with_context(|| format!("{label}: cold bwrap spawns"))?;
+        m.insert("spawn_bwrap_cold_p50_ms", p(&cold, 50.0));
+    }
+    Ok(m)
+}
+
+fn measure_limits(args: &Args, bwrap: bool) -> Result<BTreeMap<&'static str, f64>> {
+    let mut m = BTreeMap::new();
+    let fork = limits::fork_exec(args.spawns.min(1000))?;
+    m.insert("fork_exec_p50_ms", p(&fork, 50.0));
+    if bwrap {
+        let bare = limits::bare_bwrap(args.cold_spawns.max(5))?;
+        m.insert("bare_bwrap_p50_ms", p(&bare, 50.0));
+    }
+    m.insert("raw_pipe_mbps", limits::raw_pipe(args.stdout_bytes)?);
+    Ok(m)
+}
+
+fn medians(runs: &[BTreeMap<&'static str, f64>]) -> BTreeMap<&'static str, f64> {
+    let mut keys: Vec<&'static str> = runs.iter().flat_map(|r| r.keys().copied()).collect();
+    keys.dedup();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let values: Vec<f64> = runs.iter().filter_map(|r| r.get(k).copied()).collect();
+        if let Some(v) = median(&values) {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    args.apply_quick();
+    let ours = Target {
+        label: "ours",
+        argv: vec![
+            our_daemon(args.daemon.clone())?
+                .to_string_lossy()
+                .into_owned(),
+        ],
+    };
+    let reference = args.reference.as_ref().map(|r| Target {
+        label: "reference",
+        argv: r.split_whitespace().map(String::from).collect(),
+    });
+    let bwrap = limits::bwrap_path().is_some();
+    if !bwrap {
+        eprintln!("bwrap is not installed: bwrap figures are skipped");
+    }
+    let mut ours_runs = Vec::new();
+    let mut ref_runs = Vec::new();
+    let mut limit_runs = Vec::new();
+    for run in 0..args.runs {
+        eprintln!("run {}/{}", run + 1, args.runs);
+        // Alternate who goes first so drift on a noisy machine hits both.
+        let ours_first = run % 2 == 0;
+        if ours_first {
+            ours_runs.push(measure_target(&ours, &args, run, bwrap)?);
+        }
+        if let Some(r) = &reference {
+            ref_runs.push(measure_target(r, &args, run, bwrap)?);
+        }
+        if !ours_first {
+            ours_runs.push(measure_target(&ours, &args, run, bwrap)?);
+        }
+        limit_runs.push(measure_limits(&args, bwrap)?);
+    }
+    let results = Results {
+        runs: args.runs,
+        ours: medians(&ours_runs),
+        reference: reference.is_some().then(|| medians(&ref_runs)),
+        limits: medians(&limit_runs),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results.to_json(&args_json(&args)))?
+        );
+    } else {
+        print!("{}", results.table());
+        println!(
+            "\nmedians of {} runs; spawns {}, warm {}, cold {}, rpcs {}, stdout {} MiB, concurrent {}",
+            args.runs,
+            args.spawns,
+            args.warm_spawns,
+            args.cold_spawns,
+            args.rpcs,
+            args.stdout_bytes >> 20,
+            args.concurrent
+        );
+    }
+
+    Ok(())
+}
+
+fn args_json(a: &Args) -> serde_json::Value {
+    serde_json::json!({
+        "runs": a.runs, "spawns": a.spawns, "warmSpawns": a.warm_spawns,
+        "coldSpawns": a.cold_spawns, "rpcs": a.rpcs, "window": a.window,
+        "stdoutBytes": a.stdout_bytes, "concurrent": a.concurrent,
+    })
+}
