@@ -54,6 +54,9 @@ pub enum Command {
     /// Internal: the in-sandbox agent (pid 1 of a session sandbox).
     #[command(hide = true)]
     Agent(AgentArgs),
+    /// Internal: kills the host backend's processes when the daemon dies.
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Debug, Args)]

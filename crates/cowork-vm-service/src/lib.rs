@@ -28,6 +28,7 @@ pub mod doctor;
 pub mod events;
 pub mod framing;
 pub mod logging;
+pub mod orphan_guard;
 pub mod process_events;
 pub mod processes;
 pub mod read_file;

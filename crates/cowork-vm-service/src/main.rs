@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cowork_vm_service::cli::{Cli, Command, normalize_argv};
-use cowork_vm_service::{agent, daemon, doctor, run};
+use cowork_vm_service::{agent, daemon, doctor, orphan_guard, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_argv(std::env::args_os().collect()));
@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         Some(Command::Doctor(args)) => doctor::main(args.json || cli.json, cli.socket),
         None if cli.doctor => doctor::main(cli.json, cli.socket),
         Some(Command::Agent(args)) => agent::main(args.fd),
+        Some(Command::Guard) => orphan_guard::main(),
         None => daemon::main(cli.socket),
     }
 }

@@ -109,14 +109,8 @@ impl Children {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        // SAFETY: runs in the forked child before exec; prctl is
-        // async-signal-safe and nothing is allocated.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                rustix::thread::set_no_new_privs(true)?;
-                Ok(())
-            });
-        }
+        // No pre_exec: std then uses posix_spawn (vfork), and no_new_privs is
+        // inherited from the agent itself (set in `agent::main`).
         // No await between spawn and registering the waiter: the reaper
         // cannot run in between on this single-threaded runtime.
         let mut child = match cmd.spawn() {

@@ -55,6 +55,11 @@ pub fn main(fd: RawFd) -> ExitCode {
     // Processes in the sandbox run as our uid: without this they could
     // ptrace pid 1 and speak on its channel.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    // Inherited by every process of the sandbox: no setuid escalation.
+    if let Err(e) = rustix::thread::set_no_new_privs(true) {
+        eprintln!("cowork-vm-service agent: cannot set no_new_privs: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -2,10 +2,12 @@
 //! daemon, with no isolation. Guest paths in the working directory, the
 //! environment and the arguments are translated to host paths.
 //!
-//! Each child leads its own process group (`kill` signals the group) and
-//! has `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the daemon even on
-//! `kill -9`. (Grandchildren that outlive their parent are only killed on a
-//! clean shutdown; the bwrap backend contains them in a pid namespace.)
+//! Each child leads its own process group (`kill` signals the group). It
+//! is started with `posix_spawn` (no `pre_exec`, so std can use vfork: a
+//! fork of the multi-threaded daemon costs more than the whole spawn), and
+//! its group is registered with the [`OrphanGuard`], which kills it if the
+//! daemon dies on `kill -9`. A grandchild that leaves its group survives
+//! that; the bwrap backend contains everything in a pid namespace.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -23,7 +25,8 @@ use tokio::process::{ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
-use crate::child_setup::{die_with_daemon, exec_failure_code};
+use crate::child_setup::exec_failure_code;
+use crate::orphan_guard::OrphanGuard;
 use crate::process_events::ProcessEvents;
 use crate::processes::{ControlError, ProcessControl};
 use crate::real_fs::RealFs;
@@ -32,6 +35,7 @@ use crate::supervise::{ExitInfo, supervise};
 pub struct HostBackend {
     home: std::path::PathBuf,
     running: VmFlags,
+    guard: Option<Arc<OrphanGuard>>,
 }
 
 impl HostBackend {
@@ -39,6 +43,15 @@ impl HostBackend {
         Self {
             home,
             running: VmFlags::default(),
+            guard: match OrphanGuard::start() {
+                Ok(g) => Some(Arc::new(g)),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the orphan guard ({e}): host processes may outlive a killed daemon"
+                    );
+                    None
+                }
+            },
         }
     }
 }
@@ -105,7 +118,15 @@ impl Backend for HostBackend {
             args,
             cwd.display()
         );
-        match start_child(&program, &args, &env, &cwd, job.id.clone(), events.clone()) {
+        match start_child(
+            &program,
+            &args,
+            &env,
+            &cwd,
+            job.id.clone(),
+            events.clone(),
+            self.guard.clone(),
+        ) {
             Ok(control) => Ok(Spawned::Running(control)),
             Err(e) => {
                 let code = exec_failure_code(&e);
@@ -130,6 +151,7 @@ fn start_child(
     cwd: &Path,
     id: String,
     events: ProcessEvents,
+    guard: Option<Arc<OrphanGuard>>,
 ) -> std::io::Result<Arc<dyn ProcessControl>> {
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -141,12 +163,14 @@ fn start_child(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    die_with_daemon(&mut cmd, None);
     let mut child = cmd.spawn()?;
     let pid = child
         .id()
         .and_then(|p| Pid::from_raw(p as i32))
         .ok_or_else(|| std::io::Error::other("child has no pid"))?;
+    if let Some(g) = &guard {
+        g.register(pid);
+    }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let stdin = child.stdin.take();
@@ -155,7 +179,11 @@ fn start_child(
         tokio::spawn(feed_stdin(stdin, stdin_rx));
     }
     let wait = async move {
-        match child.wait().await {
+        let status = child.wait().await;
+        if let Some(g) = &guard {
+            g.unregister(pid);
+        }
+        match status {
             Ok(status) => ExitInfo::from_status(status),
             Err(e) => {
                 tracing::error!("waiting for pid {}: {e}", pid.as_raw_nonzero());
