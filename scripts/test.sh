@@ -8,6 +8,8 @@ if [ "$(id -u)" = 0 ]; then
     # System packages the sandbox and VM tests use.
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap qemu-system-x86 >/dev/null
+    # The JS shim test (and the reference daemon) need Node.
+    command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
     # Sandbox tests run the daemon as this unprivileged account.
     id cowork-test >/dev/null 2>&1 || useradd --create-home --shell /bin/bash cowork-test
 fi

@@ -216,3 +216,70 @@ fn default_socket_is_in_xdg_runtime_dir_or_tmp() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn the_js_shim_runs_the_binary_for_script_launching_clients() {
+    let root = tempfile::tempdir().unwrap();
+    let runtime = root.path().join("rt");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let shim = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib/cowork-vm-service.js")
+        .canonicalize()
+        .unwrap();
+    let mut child = std::process::Command::new("node")
+        .arg(&shim)
+        .env("HOME", root.path())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("COWORK_VM_SERVICE_BIN", super::harness::BIN)
+        .env("COWORK_VM_BACKEND", "host")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let socket = runtime.join("cowork-vm-service.sock");
+    assert!(
+        line.contains(&format!("Service started on {}", socket.display())),
+        "{line}"
+    );
+    let mut c = super::harness::Client::connect_as(&socket, None);
+    assert_eq!(c.call("isRunning", json!({})), json!({"running": false}));
+    let parent_of = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        after_name
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    let ours: Vec<i32> = pids_with(&format!("{} {}", super::harness::BIN, shim.display()))
+        .into_iter()
+        .filter(|p| parent_of(*p) == Some(child.id()))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "the binary's command line keeps the script name"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM is forwarded and the exit status returned"
+    );
+    assert!(!socket.exists(), "the daemon shut down cleanly");
+}
