@@ -45,3 +45,12 @@ pub fn exec_failure_code(e: &std::io::Error) -> i32 {
         126
     }
 }
+
+/// Output pipes are grown to this size: fewer wake-ups per megabyte when a
+/// command streams a lot (1 MiB is the default unprivileged maximum).
+pub const OUTPUT_PIPE_SIZE: usize = 1 << 20;
+
+/// Grows an output pipe; failure (a lower `pipe-max-size`) only costs speed.
+pub fn grow_pipe<Fd: std::os::fd::AsFd>(fd: Fd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, OUTPUT_PIPE_SIZE);
+}
