@@ -1,40 +1,8 @@
-//! What every process the daemon starts directly shares: it dies with the
-//! daemon, and how a failed `exec` is reported.
-
-use std::os::fd::{BorrowedFd, RawFd};
-
-use rustix::io::{FdFlags, fcntl_setfd};
-use rustix::process::{Signal, getppid, set_parent_process_death_signal};
-use tokio::process::Command;
-
-/// Makes the child get SIGKILL when the daemon dies, and optionally lets
-/// `inherit` (a CLOEXEC descriptor) survive its `exec`.
-///
-/// PDEATHSIG fires when the forking *thread* exits: tokio worker threads
-/// live as long as the runtime, so spawns must not happen on a
-/// blocking-pool thread. `inherit` must stay open until `spawn` returns.
-pub fn die_with_daemon(cmd: &mut Command, inherit: Option<RawFd>) {
-    let parent = rustix::process::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (prctl, getppid, fcntl); it
-    // allocates nothing. `inherit` is open in the parent while it spawns, so
-    // the child's copy is valid.
-    unsafe {
-        cmd.pre_exec(move || {
-            set_parent_process_death_signal(Some(Signal::KILL))?;
-            // The daemon may have died between fork and prctl.
-            if getppid() != Some(parent) {
-                return Err(std::io::Error::from_raw_os_error(
-                    rustix::io::Errno::SRCH.raw_os_error(),
-                ));
-            }
-            if let Some(fd) = inherit {
-                fcntl_setfd(BorrowedFd::borrow_raw(fd), FdFlags::empty())?;
-            }
-            Ok(())
-        });
-    }
-}
+//! What every process the daemon and the agent start share. None of them
+//! uses `pre_exec`: std then spawns with posix_spawn (vfork + exec), which
+//! is far cheaper than forking the multi-threaded daemon. Dying with the
+//! daemon is arranged without it (the orphan guard for host processes, the
+//! agent channel for sandboxes).
 
 /// The exit code reported for a command that could not be executed, as a
 /// shell reports it: 127 when missing, 126 otherwise.

@@ -1,7 +1,6 @@
 //! One session sandbox: a bwrap process whose pid 1 is our agent, reached
 //! through a socketpair end inherited across bwrap.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,6 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 use super::link::AgentLink;
-use crate::child_setup::die_with_daemon;
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
 
@@ -72,7 +70,12 @@ impl Sandbox {
             None,
         )
         .map_err(|e| format!("socketpair: {e}"))?;
-        let agent_fd = agent_end.as_raw_fd();
+        // The agent's end becomes bwrap's stdin, which bwrap hands on to
+        // the agent: no pre_exec, so std spawns with posix_spawn (vfork)
+        // instead of forking the multi-threaded daemon. No PDEATHSIG is
+        // needed either: when the daemon dies its end closes, the agent
+        // exits, and with pid 1 gone the whole sandbox and bwrap end.
+        let agent_fd = 0;
         let plan = SandboxPlan {
             session,
             home: &env.home,
@@ -93,7 +96,7 @@ impl Sandbox {
         let mut cmd = Command::new(&env.bwrap);
         cmd.args(&argv)
             .env_clear()
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(agent_end))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -101,12 +104,9 @@ impl Sandbox {
         if let Some(path) = &env.path_var {
             cmd.env("PATH", path);
         }
-        // The agent's end must survive exec into bwrap and the agent.
-        die_with_daemon(&mut cmd, Some(agent_fd));
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?;
-        drop(agent_end);
         let bwrap_pid = child
             .id()
             .and_then(|p| Pid::from_raw(p as i32))
