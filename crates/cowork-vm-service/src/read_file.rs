@@ -143,7 +143,7 @@ mod tests {
         symlink("sub/ok.txt", base.join("inner-link")).unwrap();
         symlink(base.join("sub/ok.txt"), base.join("abs-inner-link")).unwrap();
         symlink(t.path(), base.join("dir-escape")).unwrap();
-        unsafe_fifo(&base.join("fifo"));
+        make_fifo(&base.join("fifo"));
 
         let ok = |p: &str| read_confined(&base.join(p), &base).map(String::from_utf8);
         assert_eq!(ok("sub/ok.txt").unwrap().unwrap(), "fine");
@@ -159,7 +159,7 @@ mod tests {
         assert!(matches!(ok("missing"), Err(ReadFileError::Io { .. })));
     }
 
-    fn unsafe_fifo(path: &Path) {
+    fn make_fifo(path: &Path) {
         rustix::fs::mknodat(
             rustix::fs::CWD,
             path,

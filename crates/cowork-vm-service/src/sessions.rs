@@ -12,7 +12,7 @@
 //! deleted. Directory walks never follow symlinks (a sandboxed process can
 //! plant them in its `/tmp`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -222,9 +222,6 @@ pub fn tree_size(path: &Path) -> u64 {
     }
     total
 }
-
-/// Errors keyed by session, for results.
-pub type SessionErrors = BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {

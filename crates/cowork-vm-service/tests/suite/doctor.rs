@@ -2,27 +2,16 @@
 //! its environment bent (no bwrap on PATH, odd overrides, a config file).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{Value, json};
 
-use super::harness::{Daemon, Options, binary_for, require_unprivileged_user};
+use super::harness::{Daemon, Options, command_as, require_unprivileged_user};
 
 /// Runs the binary with `args` in `d`'s environment (same user, HOME,
 /// runtime dir, socket), plus `env`.
 fn doctor(d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = match &d.user {
-        Some(u) => {
-            let mut c = Command::new("/usr/bin/setpriv");
-            c.arg(format!("--reuid={}", u.uid))
-                .arg(format!("--regid={}", u.gid))
-                .arg("--clear-groups")
-                .arg("--")
-                .arg(binary_for(Some(u)));
-            c
-        }
-        None => Command::new(binary_for(None)),
-    };
+    let mut cmd = command_as(d.user.as_ref());
     cmd.args(args)
         .arg("--socket")
         .arg(&d.socket)

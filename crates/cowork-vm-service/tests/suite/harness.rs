@@ -91,6 +91,22 @@ pub fn binary_for(user: Option<&TestUser>) -> PathBuf {
     staged
 }
 
+/// The binary, run as `user` (via setpriv) or as ourselves.
+pub fn command_as(user: Option<&TestUser>) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("/usr/bin/setpriv");
+            c.arg(format!("--reuid={}", u.uid))
+                .arg(format!("--regid={}", u.gid))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(binary_for(Some(u)));
+            c
+        }
+        None => Command::new(BIN),
+    }
+}
+
 /// Options for [`Daemon::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -163,18 +179,7 @@ impl Daemon {
             .socket
             .clone()
             .unwrap_or_else(|| runtime.join("cowork-vm-service.sock"));
-        let mut cmd = match &opts.user {
-            Some(u) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={}", u.uid))
-                    .arg(format!("--regid={}", u.gid))
-                    .arg("--clear-groups")
-                    .arg("--")
-                    .arg(binary_for(Some(u)));
-                c
-            }
-            None => Command::new(BIN),
-        };
+        let mut cmd = command_as(opts.user.as_ref());
         cmd.arg("/opt/claude/resources/cowork-vm-service.js")
             .arg("-socket")
             .arg(&socket)
