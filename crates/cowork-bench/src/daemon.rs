@@ -21,6 +21,7 @@ pub struct Target {
 pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
+    home: PathBuf,
     _root: tempfile::TempDir,
 }
 
@@ -65,7 +66,7 @@ impl Daemon {
         let mut daemon = Daemon {
             child,
             socket,
-
+            home,
             _root: root,
         };
         loop {
@@ -81,6 +82,20 @@ impl Daemon {
                 bail!("{} did not answer within 20 s", target.label);
             }
             std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Waits (up to 100 ms, spinning so the CPUs stay awake) until our
+    /// daemon has remade its spare session directory: that after-work of a
+    /// new session must not be timed as part of the next measurement.
+    /// Returns at once for a daemon without one (the reference).
+    pub fn settle_after_new_session(&self) {
+        let spare = self
+            .home
+            .join(".local/share/cowork-vm-service/spare-session/tmp");
+        let t = Instant::now();
+        while !spare.is_dir() && t.elapsed() < Duration::from_millis(100) {
+            std::thread::yield_now();
         }
     }
 

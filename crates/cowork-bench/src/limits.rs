@@ -60,26 +60,41 @@ pub fn bare_bwrap_argv(scratch: &Path) -> Vec<String> {
     argv
 }
 
-pub fn bare_bwrap(n: usize) -> Result<Vec<f64>> {
-    let bwrap = bwrap_path().context("bwrap is not installed")?;
-    let scratch = tempfile::tempdir()?;
-    let argv = bare_bwrap_argv(scratch.path());
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
+/// `bwrap` running `/usr/bin/true` in our layout, ready to be timed.
+pub struct BareBwrap {
+    bwrap: PathBuf,
+    argv: Vec<String>,
+    _scratch: tempfile::TempDir,
+}
+
+impl BareBwrap {
+    pub fn new() -> Result<Self> {
+        let bwrap = bwrap_path().context("bwrap is not installed")?;
+        let scratch = tempfile::tempdir()?;
+        let argv = bare_bwrap_argv(scratch.path());
+        Ok(Self {
+            bwrap,
+            argv,
+            _scratch: scratch,
+        })
+    }
+
+    /// One start-to-exit, in ms.
+    pub fn sample(&self) -> Result<f64> {
         let t = Instant::now();
-        let out = Command::new(&bwrap)
-            .args(&argv)
+        let out = Command::new(&self.bwrap)
+            .args(&self.argv)
             .stdin(Stdio::null())
             .output()?;
-        samples.push(ms(t.elapsed()));
+        let elapsed = ms(t.elapsed());
         if !out.status.success() {
             bail!(
                 "bare bwrap failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        Ok(elapsed)
     }
-    Ok(samples)
 }
 
 /// MB/s of the producer's output read straight from a pipe.

@@ -101,12 +101,15 @@ fn p(samples: &[f64], q: f64) -> f64 {
     percentile(samples, q).unwrap_or(f64::NAN)
 }
 
-/// Every figure of one implementation for one run.
+/// Every figure of one implementation for one run. With `bare`, a bare
+/// bwrap start is timed after each sandbox cold start, so the two figures
+/// compared in the table see the same moments of a noisy machine.
 fn measure_target(
     target: &Target,
     args: &Args,
     run: usize,
     bwrap: bool,
+    mut bare: Option<&mut Vec<f64>>,
 ) -> Result<BTreeMap<&'static str, f64>> {
     let mut m = BTreeMap::new();
     let label = target.label;
@@ -124,7 +127,7 @@ fn measure_target(
             .with_context(|| format!("{label}: pipelined RPC"))?;
         m.insert("rpc_pipelined_p50_ms", p(&piped, 50.0));
         m.insert("rpc_pipelined_p99_ms", p(&piped, 99.0));
-        let host = measure::spawn_exit(&d, "host", args.spawns, |_| "bench".into())
+        let host = measure::spawn_exit(&d, "host", args.spawns, |_| "bench".into(), || Ok(()))
             .with_context(|| format!("{label}: host spawns"))?;
         m.insert("spawn_host_p50_ms", p(&host, 50.0));
         m.insert("spawn_host_p99_ms", p(&host, 99.0));
@@ -144,25 +147,39 @@ fn measure_target(
         let (d, _) = Daemon::start(target, "bwrap", &[])
             .with_context(|| format!("{label}: bwrap daemon"))?;
         // The session's sandbox starts here (reference: nothing persists).
-        measure::spawn_exit(&d, "warmup", 1, |_| "warm".into())?;
-        let warm = measure::spawn_exit(&d, "warm", args.warm_spawns, |_| "warm".into())
+        measure::spawn_exit(&d, "warmup", 1, |_| "warm".into(), || Ok(()))?;
+        let warm = measure::spawn_exit(&d, "warm", args.warm_spawns, |_| "warm".into(), || Ok(()))
             .with_context(|| format!("{label}: warm bwrap spawns"))?;
         m.insert("spawn_bwrap_warm_p50_ms", p(&warm, 50.0));
         m.insert("spawn_bwrap_warm_p99_ms", p(&warm, 99.0));
-        let cold = measure::spawn_exit(&d, "cold", args.cold_spawns, |i| format!("cold-{run}-{i}"))
-            .with_context(|| format!("{label}: cold bwrap spawns"))?;
+        let bare_bwrap = bare.is_some().then(limits::BareBwrap::new).transpose()?;
+        let cold = measure::spawn_exit(
+            &d,
+            "cold",
+            args.cold_spawns,
+            |i| format!("cold-{run}-{i}"),
+            || {
+                d.settle_after_new_session();
+                if let (Some(b), Some(samples)) = (&bare_bwrap, bare.as_deref_mut()) {
+                    samples.push(b.sample()?);
+                }
+                Ok(())
+            },
+        )
+        .with_context(|| format!("{label}: cold bwrap spawns"))?;
         m.insert("spawn_bwrap_cold_p50_ms", p(&cold, 50.0));
     }
     Ok(m)
 }
 
-fn measure_limits(args: &Args, bwrap: bool) -> Result<BTreeMap<&'static str, f64>> {
+/// The machine's limits for one run; `bare` holds the bare bwrap samples
+/// taken between our cold starts.
+fn measure_limits(args: &Args, bare: &[f64]) -> Result<BTreeMap<&'static str, f64>> {
     let mut m = BTreeMap::new();
     let fork = limits::fork_exec(args.spawns.min(1000))?;
     m.insert("fork_exec_p50_ms", p(&fork, 50.0));
-    if bwrap {
-        let bare = limits::bare_bwrap(args.cold_spawns.max(5))?;
-        m.insert("bare_bwrap_p50_ms", p(&bare, 50.0));
+    if !bare.is_empty() {
+        m.insert("bare_bwrap_p50_ms", p(bare, 50.0));
     }
     m.insert("raw_pipe_mbps", limits::raw_pipe(args.stdout_bytes)?);
     Ok(m)
@@ -207,16 +224,17 @@ fn main() -> Result<()> {
         eprintln!("run {}/{}", run + 1, args.runs);
         // Alternate who goes first so drift on a noisy machine hits both.
         let ours_first = run % 2 == 0;
+        let mut bare = Vec::new();
         if ours_first {
-            ours_runs.push(measure_target(&ours, &args, run, bwrap)?);
+            ours_runs.push(measure_target(&ours, &args, run, bwrap, Some(&mut bare))?);
         }
         if let Some(r) = &reference {
-            ref_runs.push(measure_target(r, &args, run, bwrap)?);
+            ref_runs.push(measure_target(r, &args, run, bwrap, None)?);
         }
         if !ours_first {
-            ours_runs.push(measure_target(&ours, &args, run, bwrap)?);
+            ours_runs.push(measure_target(&ours, &args, run, bwrap, Some(&mut bare))?);
         }
-        limit_runs.push(measure_limits(&args, bwrap)?);
+        limit_runs.push(measure_limits(&args, &bare)?);
     }
     let results = Results {
         runs: args.runs,

@@ -81,12 +81,13 @@ fn wait_exit(events: &mut Client, id: &str) -> Result<usize> {
 }
 
 /// `spawn` -> `exit` event for `/usr/bin/true`, `n` times, in the session
-/// `session(i)`.
+/// `session(i)`; `between` runs after each sample, outside the timing.
 pub fn spawn_exit(
     d: &Daemon,
     tag: &str,
     n: usize,
     session: impl Fn(usize) -> String,
+    mut between: impl FnMut() -> Result<()>,
 ) -> Result<Vec<f64>> {
     let mut events = d.connect()?;
     events.subscribe()?;
@@ -103,6 +104,7 @@ pub fn spawn_exit(
         if reply.get("success") != Some(&Value::Bool(true)) {
             bail!("spawn failed: {reply}");
         }
+        between()?;
     }
     Ok(samples)
 }

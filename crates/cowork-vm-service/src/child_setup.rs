@@ -14,8 +14,9 @@ pub fn exec_failure_code(e: &std::io::Error) -> i32 {
     }
 }
 
-/// Output pipes are grown to this size: fewer wake-ups per megabyte when a
-/// command streams a lot (1 MiB is the default unprivileged maximum).
+/// Output pipes of a command that streams a lot are grown to this size:
+/// fewer wake-ups per megabyte (1 MiB is the default unprivileged maximum).
+/// See [`crate::supervise::OutputPipe`] for when.
 pub const OUTPUT_PIPE_SIZE: usize = 1 << 20;
 
 /// Grows an output pipe; failure (a lower `pipe-max-size`) only costs speed.

@@ -104,6 +104,19 @@ pub struct AgentArgs {
     pub fd: i32,
 }
 
+/// The agent's descriptor when `argv` is exactly how the daemon starts it
+/// (`PROGRAM agent --fd N`), else `None` and clap parses as usual.
+///
+/// The agent is executed once per sandbox, on the path of a session's
+/// first command; building the whole clap command tree costs more there
+/// than the rest of the agent's start-up.
+pub fn agent_fast_path(argv: &[OsString]) -> Option<i32> {
+    match argv {
+        [_, sub, flag, fd] if sub == "agent" && flag == "--fd" => fd.to_str()?.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Rewrites the launcher-style arguments into ones clap understands: a
 /// leading `*.js` script path is dropped, `-socket` becomes `--socket`.
 pub fn normalize_argv(argv: Vec<OsString>) -> Vec<OsString> {
@@ -190,5 +203,31 @@ mod tests {
         assert!(parse(&["c", "--doctor", "--json"]).unwrap().doctor);
         assert!(parse(&["c", "--json"]).is_err());
         assert!(parse(&["c", "agent", "--fd", "3"]).is_ok());
+    }
+
+    #[test]
+    fn agent_fast_path_takes_only_the_daemons_exact_form() {
+        let cases: [(&[&str], Option<i32>); 8] = [
+            (&["c", "agent", "--fd", "0"], Some(0)),
+            (&["c", "agent", "--fd", "17"], Some(17)),
+            (&["c", "agent", "--fd", "x"], None),
+            (&["c", "agent", "--fd=3"], None),
+            (&["c", "agent", "--fd", "3", "extra"], None),
+            (&["c", "agent"], None),
+            (&["c", "run", "--fd", "3"], None),
+            (&["c", "--socket", "/s", "agent"], None),
+        ];
+        for (argv, want) in cases {
+            let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+            let fast = agent_fast_path(&argv);
+            assert_eq!(fast, want, "{argv:?}");
+            // Whatever the fast path accepts, clap reads the same way.
+            if let Some(fd) = fast {
+                match Cli::try_parse_from(&argv).map(|c| c.command) {
+                    Ok(Some(Command::Agent(a))) => assert_eq!(a.fd, fd),
+                    other => panic!("clap disagrees on {argv:?}: {other:?}"),
+                }
+            }
+        }
     }
 }

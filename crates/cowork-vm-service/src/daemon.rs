@@ -77,9 +77,11 @@ impl Server {
         });
         // Select the backend now, in the background: the first request
         // does not wait for the bwrap probe unless it needs the backend.
+        // Then make the spare session directory for the first session.
         let warm = service.clone();
         tokio::spawn(async move {
             warm.backend().await;
+            warm.prepare_spare_session();
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(listener, service.clone(), shutdown.clone()));

@@ -1,11 +1,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cowork_vm_service::cli::{Cli, Command, normalize_argv};
+use cowork_vm_service::cli::{Cli, Command, agent_fast_path, normalize_argv};
 use cowork_vm_service::{agent, daemon, doctor, orphan_guard, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(normalize_argv(std::env::args_os().collect()));
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Some(fd) = agent_fast_path(&argv) {
+        return agent::main(fd);
+    }
+    let cli = Cli::parse_from(normalize_argv(argv));
     match cli.command {
         Some(Command::Run(args)) => run::main(args, cli.socket),
         Some(Command::Doctor(args)) => doctor::main(args.json || cli.json, cli.socket),

@@ -373,6 +373,12 @@ impl Service {
         }
     }
 
+    /// Makes the spare session directory in the background (see
+    /// [`crate::sessions`]).
+    pub fn prepare_spare_session(&self) {
+        self.sessions.prepare_spare();
+    }
+
     async fn spawn_reserved(&self, p: SpawnParams, backend: Arc<dyn Backend>) -> MethodResult {
         let session_dir = self.sessions.ensure(&p.name).map_err(|e| {
             format!(
@@ -416,11 +422,11 @@ impl Service {
             mount_skeleton_home: p.mount_skeleton_home.unwrap_or(false),
             allowed_domains: p.allowed_domains,
         };
-        match backend
-            .spawn(job, self.events.clone())
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        let spawned = backend.spawn(job, self.events.clone()).await;
+        // The command is running (or failed): a good moment to replace the
+        // spare session directory if this spawn used it.
+        self.sessions.prepare_spare();
+        match spawned.map_err(|e| e.to_string())? {
             Spawned::Running(control) => self.table.attach(&p.id, control),
             Spawned::Ended => {}
         }

@@ -15,6 +15,8 @@ use cowork_protocol::event::Stream;
 use cowork_protocol::text::Utf8Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::child_setup::grow_pipe;
+
 /// First read size; doubled while reads fill the buffer, up to [`MAX_CHUNK`].
 const FIRST_CHUNK: usize = 8 * 1024;
 /// Largest read, and so the largest output event.
@@ -49,6 +51,32 @@ impl ExitInfo {
     }
 }
 
+/// A child's output pipe.
+pub trait OutputPipe: AsyncRead + Unpin {
+    /// Enlarges the pipe once the child is seen to write faster than we
+    /// read. Done lazily: most commands print little, and growing a pipe
+    /// allocates its ring, a cost every short command would pay.
+    fn grow(&self) {}
+}
+
+impl OutputPipe for tokio::process::ChildStdout {
+    fn grow(&self) {
+        grow_pipe(self);
+    }
+}
+
+impl OutputPipe for tokio::process::ChildStderr {
+    fn grow(&self) {
+        grow_pipe(self);
+    }
+}
+
+impl OutputPipe for tokio::net::unix::pipe::Receiver {
+    fn grow(&self) {
+        grow_pipe(self);
+    }
+}
+
 /// Where a supervised process's output and exit go.
 pub trait OutputSink: Clone + Send + Sync + 'static {
     fn output(&self, id: &str, stream: Stream, data: String) -> impl Future<Output = ()> + Send;
@@ -57,7 +85,7 @@ pub trait OutputSink: Clone + Send + Sync + 'static {
 
 async fn pump<R, S>(mut reader: R, id: &str, stream: Stream, sink: &S)
 where
-    R: AsyncRead + Unpin,
+    R: OutputPipe,
     S: OutputSink,
 {
     let mut buf = vec![0u8; FIRST_CHUNK];
@@ -72,6 +100,9 @@ where
             sink.output(id, stream, text).await;
         }
         if n == buf.len() && buf.len() < MAX_CHUNK {
+            if buf.len() == FIRST_CHUNK {
+                reader.grow();
+            }
             buf.resize(buf.len() * 2, 0);
         }
     }
@@ -90,8 +121,8 @@ pub async fn supervise<O, E, W, S>(
     wait: W,
     sink: S,
 ) where
-    O: AsyncRead + Unpin,
-    E: AsyncRead + Unpin,
+    O: OutputPipe,
+    E: OutputPipe,
     W: Future<Output = ExitInfo>,
     S: OutputSink,
 {
@@ -128,6 +159,9 @@ pub async fn supervise<O, E, W, S>(
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    impl OutputPipe for tokio::io::DuplexStream {}
+    impl OutputPipe for tokio::io::Empty {}
 
     #[derive(Clone, Default)]
     struct Recorder(Arc<Mutex<Vec<String>>>);

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Outbox;
-use crate::child_setup::{exec_failure_code, grow_pipe};
+use crate::child_setup::exec_failure_code;
 use crate::real_fs::RealFs;
 use crate::supervise::{ExitInfo, OutputSink, supervise};
 
@@ -126,9 +126,6 @@ impl Children {
         let pid = Pid::from_raw(raw_pid as i32).ok_or("child without pid")?;
         let (exit_tx, exit_rx) = oneshot::channel();
         let stdout = child.stdout.take().map(OwnedFd::from);
-        if let Some(o) = &stdout {
-            grow_pipe(o);
-        }
         let stderr = child.stderr.take().map(OwnedFd::from);
         let stdin = child.stdin.take().map(OwnedFd::from);
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();

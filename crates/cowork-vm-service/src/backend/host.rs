@@ -25,7 +25,7 @@ use tokio::process::{ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
-use crate::child_setup::{exec_failure_code, grow_pipe};
+use crate::child_setup::exec_failure_code;
 use crate::orphan_guard::OrphanGuard;
 use crate::process_events::ProcessEvents;
 use crate::processes::{ControlError, ProcessControl};
@@ -173,9 +173,6 @@ fn start_child(
     }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    if let Some(o) = &stdout {
-        grow_pipe(o);
-    }
     let stdin = child.stdin.take();
     let (stdin_tx, stdin_rx) = mpsc::channel(64);
     if let Some(stdin) = stdin {

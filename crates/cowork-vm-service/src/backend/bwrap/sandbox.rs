@@ -63,6 +63,10 @@ impl Sandbox {
         events: ProcessEvents,
     ) -> Result<Arc<Self>, String> {
         let mounts = prepare_mounts(&key.mounts);
+        if key.skeleton_home {
+            dirs.ensure_home()
+                .map_err(|e| format!("cannot create {}: {e}", dirs.home.display()))?;
+        }
         let (daemon_end, agent_end) = socketpair(
             AddressFamily::UNIX,
             SocketType::STREAM,
