@@ -12,10 +12,10 @@ use cowork_protocol::event::Stream;
 use rustix::process::{Pid, Signal, WaitOptions, kill_process_group, wait};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Outbox;
+use super::child_signals::{ChildSignals, unblocked_during};
 use crate::child_setup::exec_failure_code;
 use crate::real_fs::RealFs;
 use crate::supervise::{ExitInfo, OutputSink, supervise};
@@ -46,12 +46,13 @@ impl Children {
             state: Arc::default(),
             out,
         };
-        let mut sigchld = signal(SignalKind::child())?;
+        let sigchld = ChildSignals::new()?;
         let reaper = children.clone();
         tokio::spawn(async move {
             loop {
                 reaper.reap();
-                if sigchld.recv().await.is_none() {
+                if let Err(e) = sigchld.recv().await {
+                    eprintln!("cowork-vm-service agent: SIGCHLD descriptor: {e}");
                     return;
                 }
             }
@@ -113,9 +114,10 @@ impl Children {
         // inherited from the agent itself (set in `agent::main`).
         // No await between spawn and registering the waiter: the reaper
         // cannot run in between on this single-threaded runtime.
-        let mut child = match cmd.spawn() {
+        let mut child = match unblocked_during(|| cmd.spawn()) {
             Ok(c) => c,
             Err(e) => {
+                self.reap();
                 let code = exec_failure_code(&e);
                 let message = format!("cannot execute {}: {e}", program.display());
                 sink.failed(&req.id, &message, code).await;
@@ -142,6 +144,8 @@ impl Children {
         }
         // The reaper owns the exit status; `child` is never waited on.
         drop(child);
+        // Exits while SIGCHLD was unblocked for the spawn woke nobody.
+        self.reap();
         let stdout = stdout
             .map(pipe::Receiver::from_owned_fd)
             .transpose()

@@ -12,6 +12,7 @@
 //! (registration happens right after `fork`, before the runtime can switch
 //! to the reaper task).
 
+mod child_signals;
 mod children;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

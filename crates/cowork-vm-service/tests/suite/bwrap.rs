@@ -266,6 +266,37 @@ fn stdin_reaches_the_sandboxed_process() {
 }
 
 #[test]
+fn sandboxed_processes_start_with_default_signal_handling() {
+    // The agent blocks SIGCHLD for its own signalfd; its children must not
+    // inherit that, nor an ignored SIGPIPE (`yes | head` would never end).
+    let d = start(&[]);
+    let status = run_in(
+        &d,
+        "s",
+        "sig",
+        &["/bin/grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+        json!({}),
+    );
+    let mask = |name: &str| {
+        let line = status.stdout.lines().find(|l| l.starts_with(name));
+        let hex = line
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?");
+        u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{status:?}"))
+    };
+    // Standard signals only: glibc's posix_spawn leaves its two internal
+    // real-time signals (32, 33) ignored in every child, on the host too.
+    let standard = 0x7fff_ffff;
+    assert_eq!(mask("SigBlk:") & standard, 0, "{status:?}");
+    assert_eq!(mask("SigIgn:") & standard, 0, "{status:?}");
+    let piped = sh(&d, "s", "pipe", "yes | head -n 2", json!({}));
+    assert_eq!(
+        (piped.stdout.as_str(), piped.exit_code),
+        ("y\ny\n", Some(0))
+    );
+}
+
+#[test]
 fn missing_commands_fail_like_the_host_backend() {
     let d = start(&[]);
     let out = run_in(&d, "s", "nf", &["/no/such/tool"], json!({}));
