@@ -12,7 +12,8 @@
 //! * transport: [`socket`] (safe bind), [`server`] (connections), [`client`];
 //! * dispatch: [`service`], [`events`], [`processes`], [`process_events`];
 //! * execution: [`backend`], [`supervise`];
-//! * host state: [`sessions`], [`read_file`], [`dirs`], [`real_fs`], [`logging`].
+//! * host state: [`sessions`] (with [`spare_dir`]), [`read_file`], [`dirs`], [`real_fs`],
+//!   [`logging`].
 //!
 //! Policy decisions (paths, mounts, env, args, selection) live in the
 //! `cowork-policy` crate; the wire format in `cowork-protocol`.
@@ -38,4 +39,5 @@ pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod socket;
+pub mod spare_dir;
 pub mod supervise;

@@ -8,11 +8,8 @@
 //!     an empty session directory made ahead of time
 //! ```
 //!
-//! A new session's directory is the spare one renamed into place: a rename
-//! is one cheap metadata update, while making directories allocates inodes,
-//! which costs about 0.4 ms each on some disks (this project's CI machine)
-//! and sits on the path of every new session's first command. The spare is
-//! remade in the background once that command has started.
+//! A new session's directory is the spare one renamed into place (see
+//! [`crate::spare_dir`]).
 //!
 //! The client's janitor calls `getSessionsDiskInfo`, `pruneSessionCaches`
 //! (every 300 s, before spawns when disk is low, from a menu) and
@@ -22,11 +19,11 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use crate::spare_dir::{SpareDir, private_dirs};
 use cowork_policy::names::validate_session_name;
 use cowork_protocol::params::{
     DeleteSessionDirsResult, PruneSessionCachesParams, PruneSessionCachesResult, SessionDiskUsage,
@@ -49,37 +46,20 @@ impl SessionDir {
     }
 }
 
-#[derive(Debug, Default)]
-struct SpareState {
-    /// The spare directory exists and is empty.
-    ready: bool,
-    /// A background task is making it.
-    making: bool,
-}
-
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     root: PathBuf,
-    spare: PathBuf,
-    spare_state: Arc<Mutex<SpareState>>,
-}
-
-/// `mkdir -p` with mode 0700.
-fn private_dirs() -> std::fs::DirBuilder {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true).mode(0o700);
-    builder
+    spare: SpareDir,
 }
 
 impl SessionStore {
     /// `sessions_dir` is `<state root>/sessions`; the spare directory is
     /// its sibling, so no session name can collide with it.
     pub fn new(sessions_dir: PathBuf) -> Self {
-        let spare = sessions_dir.with_file_name("spare-session");
+        let spare = SpareDir::new(sessions_dir.with_file_name("spare-session"), "tmp");
         Self {
             root: sessions_dir,
             spare,
-            spare_state: Arc::default(),
         }
     }
 
@@ -104,61 +84,17 @@ impl SessionStore {
         if dir.tmp.is_dir() {
             return Ok(dir);
         }
-        if !self.take_spare(&dir.root) {
+        private_dirs().create(&self.root)?;
+        if !self.spare.take_into(&dir.root) {
             private_dirs().create(&dir.tmp)?;
         }
         Ok(dir)
     }
 
-    fn spare_state(&self) -> MutexGuard<'_, SpareState> {
-        // Two flags; a poisoned lock still holds consistent values.
-        self.spare_state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Renames the spare to `root`. The next spare is made by the next
-    /// [`Self::prepare_spare`], which the caller runs once the session's
-    /// command is started, so it does not compete with that start.
-    fn take_spare(&self, root: &Path) -> bool {
-        let mut state = self.spare_state();
-        if !state.ready {
-            return false;
-        }
-        state.ready = false;
-        let parent_ready = root
-            .parent()
-            .is_none_or(|p| private_dirs().create(p).is_ok());
-        // Fails (and is then made the usual way) if `root` appeared
-        // meanwhile with content in it.
-        parent_ready && std::fs::rename(&self.spare, root).is_ok()
-    }
-
-    /// Makes the spare directory in the background (on tokio's blocking
-    /// pool, or inline outside a runtime) unless it exists or is being
-    /// made.
+    /// Has the next spare session directory made in the background; the
+    /// caller runs it once a new session's command has started.
     pub fn prepare_spare(&self) {
-        {
-            let mut state = self.spare_state();
-            if state.ready || state.making {
-                return;
-            }
-            state.making = true;
-        }
-        let store = self.clone();
-        let make = move || {
-            let made = private_dirs().create(store.spare.join("tmp"));
-            if let Err(e) = &made {
-                tracing::debug!("spare session directory {}: {e}", store.spare.display());
-            }
-            let mut state = store.spare_state();
-            state.making = false;
-            state.ready = made.is_ok();
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(make);
-            }
-            Err(_) => make(),
-        }
+        self.spare.prepare();
     }
 
     fn session_names(&self) -> Vec<String> {
@@ -347,9 +283,8 @@ mod tests {
     fn a_new_session_takes_the_spare_and_a_new_spare_is_made() {
         let (t, s) = store();
         let spare = t.path().join("spare-session");
-        // Outside a runtime the spare is made inline.
         s.prepare_spare();
-        assert!(spare.join("tmp").is_dir());
+        crate::spare_dir::tests::wait_ready(&s.spare);
         let spare_inode = std::fs::metadata(&spare).unwrap().ino();
         let d = s.ensure("bold-sharp-clarke").unwrap();
         assert_eq!(
@@ -361,9 +296,8 @@ mod tests {
         assert_eq!(mode(&d.root), 0o700);
         assert_eq!(mode(&d.tmp), 0o700);
         assert!(!d.home.exists(), "home/ is made only for a skeleton home");
-        assert!(!spare.exists());
         s.prepare_spare();
-        assert!(spare.join("tmp").is_dir(), "the next spare is ready");
+        crate::spare_dir::tests::wait_ready(&s.spare);
         assert_ne!(std::fs::metadata(&spare).unwrap().ino(), spare_inode);
         // The spare is not a session.
         let names: Vec<_> = s.disk_info().sessions.into_iter().map(|u| u.name).collect();
@@ -376,44 +310,23 @@ mod tests {
         let d = s.ensure("a").unwrap();
         std::fs::write(d.tmp.join("kept"), b"x").unwrap();
         s.prepare_spare();
-        let spare_inode = std::fs::metadata(t.path().join("spare-session"))
-            .unwrap()
-            .ino();
+        crate::spare_dir::tests::wait_ready(&s.spare);
+        let spare = t.path().join("spare-session");
+        let spare_inode = std::fs::metadata(&spare).unwrap().ino();
         let again = s.ensure("a").unwrap();
         assert!(again.tmp.join("kept").exists());
-        assert_eq!(
-            std::fs::metadata(t.path().join("spare-session"))
-                .unwrap()
-                .ino(),
-            spare_inode
-        );
+        assert_eq!(std::fs::metadata(&spare).unwrap().ino(), spare_inode);
     }
 
     #[test]
     fn without_a_spare_the_directories_are_made_directly() {
-        let (t, s) = store();
-        // The spare cannot be made: its name is taken by a file.
-        std::fs::write(t.path().join("spare-session"), b"").unwrap();
-        s.prepare_spare();
+        let (_t, s) = store();
         let d = s.ensure("a").unwrap();
         assert!(d.tmp.is_dir());
+        assert_eq!(mode(&d.root), 0o700);
         assert_eq!(mode(&d.tmp), 0o700);
         d.ensure_home().unwrap();
         assert_eq!(mode(&d.home), 0o700);
-    }
-
-    #[tokio::test]
-    async fn in_a_runtime_the_spare_is_made_in_the_background() {
-        let (t, s) = store();
-        s.prepare_spare();
-        let spare = t.path().join("spare-session").join("tmp");
-        for _ in 0..500 {
-            if spare.is_dir() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(spare.is_dir());
     }
 
     #[test]
