@@ -172,12 +172,17 @@ impl Client {
 
     /// Next frame's body, parsed.
     pub fn recv(&mut self) -> Result<Value> {
+        Ok(serde_json::from_slice(self.recv_raw()?)?)
+    }
+
+    /// The next frame's body, unparsed.
+    pub fn recv_raw(&mut self) -> Result<&[u8]> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
         self.buf.resize(len, 0);
         self.stream.read_exact(&mut self.buf)?;
-        Ok(serde_json::from_slice(&self.buf)?)
+        Ok(&self.buf)
     }
 
     pub fn next_id(&mut self) -> u64 {

@@ -3,7 +3,11 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use std::borrow::Cow;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::daemon::{Client, Daemon};
@@ -59,25 +63,82 @@ fn spawn_request(id: &str, session: &str, command: &str, args: &[&str]) -> Value
     })
 }
 
+/// The fields of an event the measurements look at, borrowed from the
+/// frame: like the desktop client's own parser, the bench should not be
+/// the slowest stage of the stdout figure.
+#[derive(Deserialize)]
+struct EventView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "exitCode", default)]
+    exit_code: Option<i64>,
+}
+
 /// Reads events until `id` exits; returns the stdout bytes seen.
 fn wait_exit(events: &mut Client, id: &str) -> Result<usize> {
     let mut stdout = 0;
     loop {
-        let e = events.recv()?;
-        if e.get("id").and_then(Value::as_str) != Some(id) {
+        let frame = events.recv_raw()?;
+        let e: EventView = serde_json::from_slice(frame)?;
+        if e.id.as_deref() != Some(id) {
             continue;
         }
-        match e.get("type").and_then(Value::as_str) {
-            Some("stdout") => stdout += e.get("data").and_then(Value::as_str).map_or(0, str::len),
-            Some("exit") => {
-                if e.get("exitCode") != Some(&json!(0)) {
-                    bail!("{id} failed: {e}");
+        match e.kind.as_ref() {
+            "stdout" => {
+                let data = e.data.map_or("\"\"", RawValue::get);
+                stdout += json_string_len(data)
+                    .with_context(|| format!("stdout data is not a JSON string: {data:.80}"))?;
+            }
+            "exit" => {
+                if e.exit_code != Some(0) {
+                    bail!("{id} failed: {}", String::from_utf8_lossy(frame));
                 }
                 return Ok(stdout);
             }
             _ => {}
         }
     }
+}
+
+/// The UTF-8 length of the string a JSON string literal (quotes included)
+/// stands for, without building it.
+fn json_string_len(literal: &str) -> Option<usize> {
+    let body = literal.strip_prefix('"')?.strip_suffix('"')?.as_bytes();
+    let mut len = 0;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            len += 1;
+            i += 1;
+            continue;
+        }
+        match body.get(i + 1)? {
+            b'u' => {
+                let hex = std::str::from_utf8(body.get(i + 2..i + 6)?).ok()?;
+                let unit = u32::from_str_radix(hex, 16).ok()?;
+                i += 6;
+                len += match unit {
+                    // A high surrogate: its low half follows as another \u.
+                    0xd800..=0xdbff => {
+                        i += 6;
+                        4
+                    }
+                    0..=0x7f => 1,
+                    0x80..=0x7ff => 2,
+                    _ => 3,
+                };
+            }
+            _ => {
+                len += 1;
+                i += 2;
+            }
+        }
+    }
+    Some(len)
 }
 
 /// `spawn` -> `exit` event for `/usr/bin/true`, `n` times, in the session
@@ -162,4 +223,30 @@ pub fn concurrent_spawns(d: &Daemon, n: usize) -> Result<f64> {
         requests.recv()?;
     }
     Ok(wall)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string_len;
+
+    #[test]
+    fn json_string_len_matches_the_decoded_string() {
+        for s in [
+            "",
+            "plain",
+            "line\nnext\ttab \"q\" back\\slash",
+            "\u{1}\u{1f}",
+            "é€😀",
+            "\u{2028}",
+        ] {
+            let literal = serde_json::to_string(s).unwrap();
+            assert_eq!(json_string_len(&literal), Some(s.len()), "{literal}");
+        }
+        // Escaped forms serde_json does not produce but a client may get.
+        assert_eq!(
+            json_string_len(r#""\u00e9\ud83d\ude00\/""#),
+            Some(2 + 4 + 1)
+        );
+        assert_eq!(json_string_len("not a literal"), None);
+    }
 }
