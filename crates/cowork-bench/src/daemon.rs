@@ -22,6 +22,7 @@ pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
     home: PathBuf,
+    _runtime: tempfile::TempDir,
     _root: tempfile::TempDir,
 }
 
@@ -35,19 +36,31 @@ impl Daemon {
     ) -> Result<(Self, Duration)> {
         let root = tempfile::Builder::new().prefix("cowork-bench-").tempdir()?;
         let home = root.path().join("home");
-        let runtime = root.path().join("rt");
-        std::fs::create_dir_all(&home)?;
-        std::fs::create_dir_all(&runtime)?;
+        // The desktop client's config and log directory exists on any
+        // machine that runs it; making it here keeps a first-ever start's
+        // directory creation (0.4 ms per inode on some disks) out of the
+        // start figure of both daemons.
+        std::fs::create_dir_all(home.join(".config/Claude/logs"))?;
+        // XDG_RUNTIME_DIR is a tmpfs (/run/user/UID) on desktop systems:
+        // /dev/shm when it is usable, else the scratch directory.
+        let runtime = tempfile::Builder::new()
+            .prefix("cowork-bench-rt-")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| {
+                tempfile::Builder::new()
+                    .prefix("rt")
+                    .tempdir_in(root.path())
+            })?;
         std::fs::set_permissions(
-            &runtime,
+            runtime.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
-        let socket = runtime.join("cowork-vm-service.sock");
+        let socket = runtime.path().join("cowork-vm-service.sock");
         let mut cmd = Command::new(&target.argv[0]);
         cmd.args(&target.argv[1..])
             .env_clear()
             .env("HOME", &home)
-            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("XDG_RUNTIME_DIR", runtime.path())
             .env(
                 "PATH",
                 std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
@@ -67,6 +80,7 @@ impl Daemon {
             child,
             socket,
             home,
+            _runtime: runtime,
             _root: root,
         };
         loop {
