@@ -333,11 +333,26 @@ impl Client {
         self.stream.write_all(bytes).expect("write");
     }
 
+    /// For a connection the daemon may already have closed (refused or
+    /// dropped it): a failed write (EPIPE) is returned, not a panic.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     pub fn send(&mut self, v: &Value) {
+        self.send_raw(&Self::frame(v));
+    }
+
+    /// [`Self::try_send_raw`] of a request.
+    pub fn try_send(&mut self, v: &Value) -> std::io::Result<()> {
+        self.try_send_raw(&Self::frame(v))
+    }
+
+    fn frame(v: &Value) -> Vec<u8> {
         let body = serde_json::to_vec(v).unwrap();
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&body);
-        self.send_raw(&frame);
+        frame
     }
 
     pub fn shutdown_write(&self) {

@@ -337,7 +337,8 @@ fn oversized_frame_closes_only_that_connection() {
     bystander.subscribe();
     let mut c = d.connect();
     c.send_raw(&(10 * 1024 * 1024 + 1u32).to_be_bytes());
-    c.send_raw(b"{\"method\":\"isRunning\"}");
+    // The daemon may already have closed the connection (EPIPE).
+    let _ = c.try_send_raw(b"{\"method\":\"isRunning\"}");
     assert!(c.try_recv().is_none(), "connection must be closed");
     assert!(d.log().contains("oversized frame"), "{}", d.log());
     // Others keep working, including existing subscribers.
