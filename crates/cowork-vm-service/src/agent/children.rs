@@ -33,6 +33,55 @@ struct State {
     waiters: HashMap<i32, oneshot::Sender<ExitInfo>>,
 }
 
+/// A process started for the daemon and not yet supervised.
+pub(crate) struct Launched {
+    id: String,
+    child: std::process::Child,
+}
+
+/// Why a process did not start, reported as the host backend does.
+pub(crate) struct LaunchFailure {
+    id: String,
+    message: String,
+    code: i32,
+}
+
+/// Starts the process `req` describes. It needs no runtime, so the agent
+/// can start a sandbox's first command before its own set-up (see
+/// `first_request`); the result goes to [`Children::settle`].
+pub(crate) fn launch(req: SpawnRequest) -> Result<Launched, LaunchFailure> {
+    let path = req.env.get("PATH").map(String::as_str);
+    let program = match resolve_command(&req.command, None, path, &RealFs) {
+        Ok(p) => p,
+        Err(not_found) => {
+            return Err(LaunchFailure {
+                message: not_found.to_string(),
+                id: req.id,
+                code: 127,
+            });
+        }
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(&req.args)
+        .env_clear()
+        .envs(&req.env)
+        .current_dir(&req.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // No pre_exec: std then uses posix_spawn (vfork), and no_new_privs is
+    // inherited from the agent itself (set in `agent::main`).
+    match unblocked_during(|| cmd.spawn()) {
+        Ok(child) => Ok(Launched { id: req.id, child }),
+        Err(e) => Err(LaunchFailure {
+            message: format!("cannot execute {}: {e}", program.display()),
+            code: exec_failure_code(&e),
+            id: req.id,
+        }),
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Children {
     state: Arc<Mutex<State>>,
@@ -89,41 +138,41 @@ impl Children {
     }
 
     pub(crate) async fn spawn(&self, req: SpawnRequest) -> Result<u32, String> {
-        let sink = AgentSink {
+        let launched = launch(req);
+        self.settle(launched).await
+    }
+
+    /// Supervises a launched process, or reports why it did not start (as
+    /// the host backend does, with pid 0). A launched process must be
+    /// settled before the reaper next runs: on this single-threaded runtime
+    /// that means with no await in between, and `adopt` runs before this
+    /// future's first await.
+    pub(crate) async fn settle(
+        &self,
+        launched: Result<Launched, LaunchFailure>,
+    ) -> Result<u32, String> {
+        match launched {
+            Ok(process) => self.adopt(process),
+            Err(failure) => {
+                // Exits whose SIGCHLD fell in the spawn window woke nobody.
+                self.reap();
+                self.sink()
+                    .failed(&failure.id, &failure.message, failure.code)
+                    .await;
+                Ok(0)
+            }
+        }
+    }
+
+    fn sink(&self) -> AgentSink {
+        AgentSink {
             out: self.out.clone(),
             children: self.clone(),
-        };
-        let path = req.env.get("PATH").map(String::as_str);
-        let program = match resolve_command(&req.command, None, path, &RealFs) {
-            Ok(p) => p,
-            Err(not_found) => {
-                sink.failed(&req.id, &not_found.to_string(), 127).await;
-                return Ok(0);
-            }
-        };
-        let mut cmd = Command::new(&program);
-        cmd.args(&req.args)
-            .env_clear()
-            .envs(&req.env)
-            .current_dir(&req.cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        // No pre_exec: std then uses posix_spawn (vfork), and no_new_privs is
-        // inherited from the agent itself (set in `agent::main`).
-        // No await between spawn and registering the waiter: the reaper
-        // cannot run in between on this single-threaded runtime.
-        let mut child = match unblocked_during(|| cmd.spawn()) {
-            Ok(c) => c,
-            Err(e) => {
-                self.reap();
-                let code = exec_failure_code(&e);
-                let message = format!("cannot execute {}: {e}", program.display());
-                sink.failed(&req.id, &message, code).await;
-                return Ok(0);
-            }
-        };
+        }
+    }
+
+    fn adopt(&self, process: Launched) -> Result<u32, String> {
+        let Launched { id, mut child } = process;
         let raw_pid = child.id();
         let pid = Pid::from_raw(raw_pid as i32).ok_or("child without pid")?;
         let (exit_tx, exit_rx) = oneshot::channel();
@@ -135,7 +184,7 @@ impl Children {
             let mut state = self.lock();
             state.waiters.insert(raw_pid as i32, exit_tx);
             state.tracked.insert(
-                req.id.clone(),
+                id.clone(),
                 Tracked {
                     pgid: pid,
                     stdin: Some(stdin_tx),
@@ -164,7 +213,7 @@ impl Children {
                 signal: Some(Signal::KILL.as_raw()),
             })
         };
-        tokio::spawn(supervise(req.id, stdout, stderr, wait, sink));
+        tokio::spawn(supervise(id, stdout, stderr, wait, self.sink()));
         Ok(raw_pid)
     }
 

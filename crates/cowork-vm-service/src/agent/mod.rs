@@ -9,11 +9,13 @@
 //!
 //! It runs single-threaded: forking from one thread is cheap and safe, and
 //! a child's exit can never be reaped before its waiter is registered
-//! (registration happens right after `fork`, before the runtime can switch
-//! to the reaper task).
+//! (registration happens right after the spawn, before the runtime can
+//! switch to the reaper task). A new sandbox's first command is started
+//! even before the runtime exists (see `first_request`).
 
 mod child_signals;
 mod children;
+mod first_request;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
@@ -32,6 +34,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::framing::write_frames;
 use children::Children;
+use first_request::EarlySpawn;
 
 /// Frames queued towards the daemon.
 const OUTGOING_QUEUE: usize = 1024;
@@ -61,6 +64,13 @@ pub fn main(fd: RawFd) -> ExitCode {
         eprintln!("cowork-vm-service agent: cannot set no_new_privs: {e}");
         return ExitCode::from(2);
     }
+    let early = match first_request::take(&channel) {
+        Ok(early) => early,
+        Err(e) => {
+            eprintln!("cowork-vm-service agent: reading the first request: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,7 +81,7 @@ pub fn main(fd: RawFd) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(serve(channel)) {
+    match runtime.block_on(serve(channel, early)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cowork-vm-service agent: {e}");
@@ -80,7 +90,7 @@ pub fn main(fd: RawFd) -> ExitCode {
     }
 }
 
-async fn serve(channel: OwnedFd) -> std::io::Result<()> {
+async fn serve(channel: OwnedFd, early: Option<EarlySpawn>) -> std::io::Result<()> {
     let std_stream = std::os::unix::net::UnixStream::from(channel);
     std_stream.set_nonblocking(true)?;
     let (read_half, write_half) = UnixStream::from_std(std_stream)?.into_split();
@@ -93,17 +103,19 @@ async fn serve(channel: OwnedFd) -> std::io::Result<()> {
     })
     .await;
     let children = Children::start(out.clone())?;
+    if let Some(early) = early {
+        // Settled before anything else runs (the reaper included).
+        let outcome = children.settle(early.launched).await;
+        out.respond(early.request_id, outcome.map(|pid| json!({"pid": pid})))
+            .await;
+    }
     let mut frames = FramedRead::new(read_half, frame::codec());
     while let Some(next) = frames.next().await {
         let Ok(body) = next else { break };
         match serde_json::from_slice::<ToAgent>(&body) {
             Ok(ToAgent::Request { id, method, params }) => {
                 let outcome = handle(&children, &method, params).await;
-                let (result, error) = match outcome {
-                    Ok(v) => (Some(v), None),
-                    Err(e) => (None, Some(e)),
-                };
-                out.send(&FromAgent::Response { id, result, error }).await;
+                out.respond(id, outcome).await;
             }
             Ok(ToAgent::Notification { method, params }) if method == method::STDIN => {
                 if let Ok(n) = serde_json::from_value::<StdinNotification>(params) {
@@ -141,6 +153,14 @@ async fn handle(children: &Children, name: &str, params: Value) -> Result<Value,
 pub(crate) struct Outbox(mpsc::Sender<Bytes>);
 
 impl Outbox {
+    async fn respond(&self, id: u64, outcome: Result<Value, String>) {
+        let (result, error) = match outcome {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        self.send(&FromAgent::Response { id, result, error }).await;
+    }
+
     pub(crate) async fn send(&self, message: &FromAgent) {
         if let Ok(frame) = frame::encode(message) {
             // If the daemon is gone the agent is about to exit anyway.
