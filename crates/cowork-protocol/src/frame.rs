@@ -4,6 +4,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::json_string::push_json_string;
+
 /// Largest body accepted or produced, in bytes (the client's own limit).
 pub const MAX_FRAME_LEN: usize = 10 * 1024 * 1024;
 
@@ -39,6 +41,29 @@ pub fn encode<T: Serialize + ?Sized>(message: &T) -> Result<Bytes, FrameError> {
         let mut writer = (&mut buf).writer();
         serde_json::to_writer(&mut writer, message)?;
     }
+    finish(buf)
+}
+
+/// `{"type":KIND,"id":ID,"data":DATA}` as a complete frame: the shape of
+/// both a client output event ([`crate::event::Event::Stdout`]) and an
+/// agent's output message ([`crate::agent::FromAgent::Stdout`]), byte for
+/// byte what [`encode`] makes of them, but written with the fast string
+/// writer and a buffer sized up front (these frames carry most bytes).
+pub fn encode_output(kind: &str, id: &str, data: &str) -> Result<Bytes, FrameError> {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + data.len() + id.len() + 64);
+    buf.put_u32(0);
+    buf.extend_from_slice(b"{\"type\":");
+    push_json_string(&mut buf, kind);
+    buf.extend_from_slice(b",\"id\":");
+    push_json_string(&mut buf, id);
+    buf.extend_from_slice(b",\"data\":");
+    push_json_string(&mut buf, data);
+    buf.put_u8(b'}');
+    finish(buf)
+}
+
+/// Fills in the length prefix of a frame built after a placeholder.
+fn finish(mut buf: BytesMut) -> Result<Bytes, FrameError> {
     let len = buf.len() - HEADER_LEN;
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
@@ -63,6 +88,40 @@ mod tests {
         let frame = encode(&serde_json::json!({"a": 1})).unwrap();
         assert_eq!(&frame[..4], &[0, 0, 0, 7]);
         assert_eq!(&frame[4..], br#"{"a":1}"#);
+    }
+
+    #[test]
+    fn output_frames_equal_the_serde_encoding_of_events_and_agent_messages() {
+        use crate::agent::FromAgent;
+        use crate::event::{Event, Stream};
+        for data in [
+            "",
+            "hi\n",
+            "\"q\" \\ \u{1} é😀",
+            &"0123456789\n".repeat(500),
+        ] {
+            for (kind, stream) in [("stdout", Stream::Stdout), ("stderr", Stream::Stderr)] {
+                let fast = encode_output(kind, "id-\"1\"", data).unwrap();
+                let event = Event::output(stream, "id-\"1\"".into(), data.into());
+                assert_eq!(fast, encode(&event).unwrap(), "{kind} {data:?}");
+                let agent = match stream {
+                    Stream::Stdout => FromAgent::Stdout {
+                        id: "id-\"1\"".into(),
+                        data: data.into(),
+                    },
+                    Stream::Stderr => FromAgent::Stderr {
+                        id: "id-\"1\"".into(),
+                        data: data.into(),
+                    },
+                };
+                assert_eq!(fast, encode(&agent).unwrap(), "{kind} {data:?}");
+            }
+        }
+        let big = "x".repeat(MAX_FRAME_LEN);
+        assert!(matches!(
+            encode_output("stdout", "p", &big),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -20,11 +20,13 @@
 //!   `{type: "request" | "response" | "notification" | <event>}` ([`agent`]).
 //!
 //! Method parameters are typed in [`params`]; [`text`] holds the streaming
-//! UTF-8 decoder used for process output.
+//! UTF-8 decoder used for process output, [`json_string`] the fast writer
+//! behind [`frame::encode_output`].
 
 pub mod agent;
 pub mod event;
 pub mod frame;
+pub mod json_string;
 pub mod params;
 pub mod rpc;
 pub mod text;

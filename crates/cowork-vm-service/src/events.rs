@@ -141,7 +141,12 @@ impl EventHub {
 }
 
 fn encode(event: &Event) -> Option<Bytes> {
-    match frame::encode(event) {
+    let encoded = match event {
+        Event::Stdout { id, data } => frame::encode_output("stdout", id, data),
+        Event::Stderr { id, data } => frame::encode_output("stderr", id, data),
+        other => frame::encode(other),
+    };
+    match encoded {
         Ok(b) => Some(b),
         Err(e) => {
             tracing::error!("cannot encode event: {e}");

@@ -162,7 +162,12 @@ impl Outbox {
     }
 
     pub(crate) async fn send(&self, message: &FromAgent) {
-        if let Ok(frame) = frame::encode(message) {
+        let encoded = match message {
+            FromAgent::Stdout { id, data } => frame::encode_output("stdout", id, data),
+            FromAgent::Stderr { id, data } => frame::encode_output("stderr", id, data),
+            other => frame::encode(other),
+        };
+        if let Ok(frame) = encoded {
             // If the daemon is gone the agent is about to exit anyway.
             let _ = self.0.send(frame).await;
         }
