@@ -143,7 +143,7 @@ impl Backend for HostBackend {
 }
 
 /// Starts one child and the task that streams its output and reports its
-/// exit. Must run on a runtime worker thread (see `pre_exec` below).
+/// exit. Must run inside the runtime (the pipes and the wait are tokio's).
 fn start_child(
     program: &Path,
     args: &[String],
