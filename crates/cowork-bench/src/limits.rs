@@ -34,9 +34,11 @@ pub fn bwrap_path() -> Option<PathBuf> {
     find_in_path("bwrap", std::env::var("PATH").ok().as_deref(), &RealFs)
 }
 
-/// Our session sandbox's exact bwrap argv with `/usr/bin/true` instead of
-/// the agent: what one cold start costs bubblewrap alone.
-pub fn bare_bwrap_argv(scratch: &Path) -> Vec<String> {
+/// Our session sandbox's exact bwrap argv running `payload` instead of
+/// the agent. With `/usr/bin/true`: what one cold start costs bubblewrap
+/// alone. With `sh -c /usr/bin/true`: the smallest pid 1 that starts one
+/// command, the floor of any agent design.
+pub fn bare_bwrap_argv(scratch: &Path, payload: &[&str]) -> Vec<String> {
     let layout = host_layout(&RealFs);
     let mounts = MountMap::new();
     let config = BwrapMountsConfig::default();
@@ -56,11 +58,15 @@ pub fn bare_bwrap_argv(scratch: &Path) -> Vec<String> {
     if let Some(sep) = argv.iter().position(|a| a == "--") {
         argv.truncate(sep + 1);
     }
-    argv.push("/usr/bin/true".into());
+    argv.extend(payload.iter().map(|a| a.to_string()));
     argv
 }
 
-/// `bwrap` running `/usr/bin/true` in our layout, ready to be timed.
+/// The bwrap payloads timed between our cold starts.
+pub const TRUE: &[&str] = &["/usr/bin/true"];
+pub const SH_RUNS_TRUE: &[&str] = &["/bin/sh", "-c", "/usr/bin/true"];
+
+/// `bwrap` running a payload in our layout, ready to be timed.
 pub struct BareBwrap {
     bwrap: PathBuf,
     argv: Vec<String>,
@@ -68,10 +74,10 @@ pub struct BareBwrap {
 }
 
 impl BareBwrap {
-    pub fn new() -> Result<Self> {
+    pub fn new(payload: &[&str]) -> Result<Self> {
         let bwrap = bwrap_path().context("bwrap is not installed")?;
         let scratch = tempfile::tempdir()?;
-        let argv = bare_bwrap_argv(scratch.path());
+        let argv = bare_bwrap_argv(scratch.path(), payload);
         Ok(Self {
             bwrap,
             argv,

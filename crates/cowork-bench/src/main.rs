@@ -101,15 +101,24 @@ fn p(samples: &[f64], q: f64) -> f64 {
     percentile(samples, q).unwrap_or(f64::NAN)
 }
 
-/// Every figure of one implementation for one run. With `bare`, a bare
-/// bwrap start is timed after each sandbox cold start, so the two figures
+/// Bare bwrap starts timed between our cold starts (see `measure_target`).
+#[derive(Default)]
+struct BareSamples {
+    /// `bwrap … /usr/bin/true`.
+    bare: Vec<f64>,
+    /// `bwrap … sh -c /usr/bin/true`: a pid 1 that starts one command.
+    pid1_one_command: Vec<f64>,
+}
+
+/// Every figure of one implementation for one run. With `bare`, bare
+/// bwrap starts are timed after each sandbox cold start, so the figures
 /// compared in the table see the same moments of a noisy machine.
 fn measure_target(
     target: &Target,
     args: &Args,
     run: usize,
     bwrap: bool,
-    mut bare: Option<&mut Vec<f64>>,
+    mut bare: Option<&mut BareSamples>,
 ) -> Result<BTreeMap<&'static str, f64>> {
     let mut m = BTreeMap::new();
     let label = target.label;
@@ -152,7 +161,14 @@ fn measure_target(
             .with_context(|| format!("{label}: warm bwrap spawns"))?;
         m.insert("spawn_bwrap_warm_p50_ms", p(&warm, 50.0));
         m.insert("spawn_bwrap_warm_p99_ms", p(&warm, 99.0));
-        let bare_bwrap = bare.is_some().then(limits::BareBwrap::new).transpose()?;
+        let limits = if bare.is_some() {
+            Some((
+                limits::BareBwrap::new(limits::TRUE)?,
+                limits::BareBwrap::new(limits::SH_RUNS_TRUE)?,
+            ))
+        } else {
+            None
+        };
         let cold = measure::spawn_exit(
             &d,
             "cold",
@@ -160,8 +176,9 @@ fn measure_target(
             |i| format!("cold-{run}-{i}"),
             || {
                 d.settle_after_new_session();
-                if let (Some(b), Some(samples)) = (&bare_bwrap, bare.as_deref_mut()) {
-                    samples.push(b.sample()?);
+                if let (Some((alone, pid1)), Some(samples)) = (&limits, bare.as_deref_mut()) {
+                    samples.bare.push(alone.sample()?);
+                    samples.pid1_one_command.push(pid1.sample()?);
                 }
                 Ok(())
             },
@@ -174,12 +191,16 @@ fn measure_target(
 
 /// The machine's limits for one run; `bare` holds the bare bwrap samples
 /// taken between our cold starts.
-fn measure_limits(args: &Args, bare: &[f64]) -> Result<BTreeMap<&'static str, f64>> {
+fn measure_limits(args: &Args, bare: &BareSamples) -> Result<BTreeMap<&'static str, f64>> {
     let mut m = BTreeMap::new();
     let fork = limits::fork_exec(args.spawns.min(1000))?;
     m.insert("fork_exec_p50_ms", p(&fork, 50.0));
-    if !bare.is_empty() {
-        m.insert("bare_bwrap_p50_ms", p(bare, 50.0));
+    if !bare.bare.is_empty() {
+        m.insert("bare_bwrap_p50_ms", p(&bare.bare, 50.0));
+        m.insert(
+            "bwrap_pid1_one_command_p50_ms",
+            p(&bare.pid1_one_command, 50.0),
+        );
     }
     m.insert("raw_pipe_mbps", limits::raw_pipe(args.stdout_bytes)?);
     Ok(m)
@@ -224,7 +245,7 @@ fn main() -> Result<()> {
         eprintln!("run {}/{}", run + 1, args.runs);
         // Alternate who goes first so drift on a noisy machine hits both.
         let ours_first = run % 2 == 0;
-        let mut bare = Vec::new();
+        let mut bare = BareSamples::default();
         if ours_first {
             ours_runs.push(measure_target(&ours, &args, run, bwrap, Some(&mut bare))?);
         }

@@ -26,7 +26,7 @@ const fn fig(
     }
 }
 
-pub const FIGURES: [Figure; 16] = [
+pub const FIGURES: [Figure; 17] = [
     fig("start_ms", "daemon start -> first RPC (ms)", false, None),
     fig("idle_rss_mib", "idle RSS (MiB)", false, None),
     fig(
@@ -100,6 +100,12 @@ pub const FIGURES: [Figure; 16] = [
     fig(
         "bare_bwrap_p50_ms",
         "limit: bare bwrap, same layout p50 (ms)",
+        false,
+        None,
+    ),
+    fig(
+        "bwrap_pid1_one_command_p50_ms",
+        "limit: same, pid 1 = sh -c true p50 (ms)",
         false,
         None,
     ),

@@ -44,6 +44,7 @@ fn quick_run_measures_every_figure() {
         "concurrent_ms",
         "fork_exec_p50_ms",
         "bare_bwrap_p50_ms",
+        "bwrap_pid1_one_command_p50_ms",
     ] {
         assert!(keys.contains(&want), "{want} missing from {keys:?}");
     }
