@@ -297,6 +297,26 @@ fn sandboxed_processes_start_with_default_signal_handling() {
 }
 
 #[test]
+fn the_skeleton_home_is_made_on_demand_and_persists() {
+    let d = start(&[]);
+    let home_dir = d
+        .home
+        .join(".local/share/cowork-vm-service/sessions/sk/home");
+    let plain = sh(&d, "sk", "plain", "ls -A \"$HOME\" | wc -l", json!({}));
+    assert_eq!(plain.stdout.trim(), "0", "{plain:?}");
+    assert!(!home_dir.exists(), "no skeleton home unless asked for");
+    let skeleton = json!({"mountSkeletonHome": true});
+    let wrote = sh(&d, "sk", "w", "echo kept > \"$HOME/f\"", skeleton.clone());
+    assert_eq!(wrote.exit_code, Some(0), "{wrote:?}");
+    assert_eq!(
+        std::fs::read_to_string(home_dir.join("f")).unwrap(),
+        "kept\n"
+    );
+    let read = sh(&d, "sk", "r", "cat \"$HOME/f\"", skeleton);
+    assert_eq!(read.stdout, "kept\n", "{read:?}");
+}
+
+#[test]
 fn missing_commands_fail_like_the_host_backend() {
     let d = start(&[]);
     let out = run_in(&d, "s", "nf", &["/no/such/tool"], json!({}));
