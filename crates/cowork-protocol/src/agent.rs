@@ -13,8 +13,11 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::frame::{self, FrameError};
 
 /// Methods the agent answers.
 pub mod method {
@@ -74,6 +77,18 @@ pub enum FromAgent {
         id: String,
         message: String,
     },
+}
+
+impl FromAgent {
+    /// The complete frame; output messages take the fast path
+    /// ([`frame::encode_output`]), the rest go through serde.
+    pub fn to_frame(&self) -> Result<Bytes, FrameError> {
+        match self {
+            FromAgent::Stdout { id, data } => frame::encode_output("stdout", id, data),
+            FromAgent::Stderr { id, data } => frame::encode_output("stderr", id, data),
+            other => frame::encode(other),
+        }
+    }
 }
 
 /// Everything the agent needs to start one process; the daemon has already

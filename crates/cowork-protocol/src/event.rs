@@ -1,6 +1,9 @@
 //! Events the daemon pushes to subscribed connections.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, FrameError};
 
 /// One event frame, `{"type": ..., ...}`. Field names are the client's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +74,16 @@ pub enum Stream {
 }
 
 impl Event {
+    /// The complete frame; output events take the fast path
+    /// ([`frame::encode_output`]), the rest go through serde.
+    pub fn to_frame(&self) -> Result<Bytes, FrameError> {
+        match self {
+            Event::Stdout { id, data } => frame::encode_output("stdout", id, data),
+            Event::Stderr { id, data } => frame::encode_output("stderr", id, data),
+            other => frame::encode(other),
+        }
+    }
+
     pub fn output(stream: Stream, id: String, data: String) -> Self {
         match stream {
             Stream::Stdout => Event::Stdout { id, data },

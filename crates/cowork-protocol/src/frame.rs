@@ -104,6 +104,7 @@ mod tests {
                 let fast = encode_output(kind, "id-\"1\"", data).unwrap();
                 let event = Event::output(stream, "id-\"1\"".into(), data.into());
                 assert_eq!(fast, encode(&event).unwrap(), "{kind} {data:?}");
+                assert_eq!(fast, event.to_frame().unwrap(), "{kind} {data:?}");
                 let agent = match stream {
                     Stream::Stdout => FromAgent::Stdout {
                         id: "id-\"1\"".into(),
@@ -115,6 +116,7 @@ mod tests {
                     },
                 };
                 assert_eq!(fast, encode(&agent).unwrap(), "{kind} {data:?}");
+                assert_eq!(fast, agent.to_frame().unwrap(), "{kind} {data:?}");
             }
         }
         let big = "x".repeat(MAX_FRAME_LEN);

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cowork_protocol::event::{ApiReachability, Event, NetworkStatus};
-use cowork_protocol::frame;
 use tokio::sync::{Mutex, mpsc};
 
 /// How long a subscriber may refuse new events before it is dropped.
@@ -141,12 +140,7 @@ impl EventHub {
 }
 
 fn encode(event: &Event) -> Option<Bytes> {
-    let encoded = match event {
-        Event::Stdout { id, data } => frame::encode_output("stdout", id, data),
-        Event::Stderr { id, data } => frame::encode_output("stderr", id, data),
-        other => frame::encode(other),
-    };
-    match encoded {
+    match event.to_frame() {
         Ok(b) => Some(b),
         Err(e) => {
             tracing::error!("cannot encode event: {e}");

@@ -162,12 +162,7 @@ impl Outbox {
     }
 
     pub(crate) async fn send(&self, message: &FromAgent) {
-        let encoded = match message {
-            FromAgent::Stdout { id, data } => frame::encode_output("stdout", id, data),
-            FromAgent::Stderr { id, data } => frame::encode_output("stderr", id, data),
-            other => frame::encode(other),
-        };
-        if let Ok(frame) = encoded {
+        if let Ok(frame) = message.to_frame() {
             // If the daemon is gone the agent is about to exit anyway.
             let _ = self.0.send(frame).await;
         }

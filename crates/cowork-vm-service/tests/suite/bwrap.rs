@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::harness::{
-    Daemon, Options, Outcome, collect, eventually, pids_with, require_unprivileged_user, run_in,
-    unique_duration,
+    Daemon, Options, Outcome, cat_with_stdin, collect, eventually, pids_with,
+    require_unprivileged_user, run_in, unique_duration,
 };
 
 fn start(env: &[(&str, &str)]) -> Daemon {
@@ -249,18 +249,7 @@ fn kill_signals_the_process_group_inside_the_sandbox() {
 #[test]
 fn stdin_reaches_the_sandboxed_process() {
     let d = start(&[]);
-    let mut events = d.connect();
-    events.subscribe();
-    d.call(
-        "spawn",
-        json!({"id": "cat", "name": "s", "command": "/bin/cat", "args": []}),
-    );
-    d.call("writeStdin", json!({"id": "cat", "data": "line one\n"}));
-    d.call(
-        "writeStdin",
-        json!({"id": "cat", "data": "line two\n", "eof": true}),
-    );
-    let out = collect(&mut events, "cat", Duration::from_secs(10));
+    let out = cat_with_stdin(&d, &["line one\n", "line two\n"]);
     assert_eq!(out.stdout, "line one\nline two\n");
     assert_eq!(out.exit_code, Some(0));
 }

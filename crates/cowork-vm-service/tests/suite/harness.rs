@@ -423,6 +423,22 @@ pub struct Outcome {
     pub stdout_events: usize,
 }
 
+/// Runs `/bin/cat` in session `s`, writes `chunks` to its stdin (closing it
+/// with the last one) and returns what it printed.
+pub fn cat_with_stdin(d: &Daemon, chunks: &[&str]) -> Outcome {
+    let mut events = d.connect();
+    events.subscribe();
+    d.call(
+        "spawn",
+        json!({"id": "cat", "name": "s", "command": "/bin/cat", "args": []}),
+    );
+    for (i, data) in chunks.iter().enumerate() {
+        let eof = i + 1 == chunks.len();
+        d.call("writeStdin", json!({"id": "cat", "data": data, "eof": eof}));
+    }
+    collect(&mut events, "cat", Duration::from_secs(10))
+}
+
 /// Collects the events of process `id` from a subscribed client until exit.
 pub fn collect(events: &mut Client, id: &str, timeout: Duration) -> Outcome {
     let mut out = Outcome::default();

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::harness::{Daemon, Options, collect, eventually, pids_with, run_in, unique_duration};
+use super::harness::{
+    Daemon, Options, cat_with_stdin, collect, eventually, pids_with, run_in, unique_duration,
+};
 
 fn env_of(out: &str) -> BTreeMap<String, String> {
     out.lines()
@@ -338,18 +340,7 @@ fn a_character_split_across_writes_arrives_whole() {
 #[test]
 fn stdin_is_forwarded_and_can_be_closed() {
     let d = Daemon::start("host");
-    let mut events = d.connect();
-    events.subscribe();
-    d.call(
-        "spawn",
-        json!({"id": "cat", "name": "s", "command": "/bin/cat"}),
-    );
-    d.call("writeStdin", json!({"id": "cat", "data": "line one\n"}));
-    d.call(
-        "writeStdin",
-        json!({"id": "cat", "data": "line two ✓\n", "eof": true}),
-    );
-    let out = collect(&mut events, "cat", Duration::from_secs(10));
+    let out = cat_with_stdin(&d, &["line one\n", "line two ✓\n"]);
     assert_eq!(out.stdout, "line one\nline two ✓\n");
     assert_eq!(out.exit_code, Some(0));
 }
