@@ -13,7 +13,8 @@
 //! * dispatch: [`service`], [`events`], [`processes`], [`process_events`];
 //! * execution: [`backend`], [`supervise`];
 //! * host state: [`sessions`] (with [`spare_dir`]), [`read_file`], [`dirs`], [`real_fs`],
-//!   [`logging`].
+//!   [`logging`];
+//! * build: [`lean_linking`] (with `build.rs`: fewer shared libraries to load).
 //!
 //! Policy decisions (paths, mounts, env, args, selection) live in the
 //! `cowork-policy` crate; the wire format in `cowork-protocol`.
@@ -28,6 +29,7 @@ pub mod dirs;
 pub mod doctor;
 pub mod events;
 pub mod framing;
+pub mod lean_linking;
 pub mod logging;
 pub mod orphan_guard;
 pub mod process_events;
