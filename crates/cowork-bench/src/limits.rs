@@ -13,6 +13,7 @@ use cowork_policy::command::find_in_path;
 use cowork_policy::mounts::MountMap;
 use cowork_vm_service::real_fs::RealFs;
 
+use crate::daemon::scratch_dir;
 use crate::measure::producer;
 use crate::stats::ms;
 
@@ -38,14 +39,14 @@ pub fn bwrap_path() -> Option<PathBuf> {
 /// the agent. With `/usr/bin/true`: what one cold start costs bubblewrap
 /// alone. With `sh -c /usr/bin/true`: the smallest pid 1 that starts one
 /// command, the floor of any agent design.
-pub fn bare_bwrap_argv(scratch: &Path, payload: &[&str]) -> Vec<String> {
+pub fn bare_bwrap_argv(home: &Path, session_tmp: &Path, payload: &[&str]) -> Vec<String> {
     let layout = host_layout(&RealFs);
     let mounts = MountMap::new();
     let config = BwrapMountsConfig::default();
     let plan = SandboxPlan {
         session: "bench",
-        home: scratch,
-        session_tmp: scratch,
+        home,
+        session_tmp,
         skeleton_home: None,
         sdk_dir: None,
         mounts: &mounts,
@@ -76,8 +77,12 @@ pub struct BareBwrap {
 impl BareBwrap {
     pub fn new(payload: &[&str]) -> Result<Self> {
         let bwrap = bwrap_path().context("bwrap is not installed")?;
-        let scratch = tempfile::tempdir()?;
-        let argv = bare_bwrap_argv(scratch.path(), payload);
+        // Laid out like the daemons' (see `scratch_dir`): `$HOME` outside
+        // the directory bound on `/tmp`.
+        let scratch = scratch_dir("cowork-bench-bare-")?;
+        let session_tmp = scratch.path().join("tmp");
+        std::fs::create_dir(&session_tmp)?;
+        let argv = bare_bwrap_argv(&scratch.path().join("home"), &session_tmp, payload);
         Ok(Self {
             bwrap,
             argv,
