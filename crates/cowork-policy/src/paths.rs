@@ -59,6 +59,17 @@ pub fn join_within(base: &Path, rest: &str) -> Option<PathBuf> {
     is_within(&joined, base).then_some(joined)
 }
 
+/// Where a host path lands inside a sandbox's `/tmp`: `u/home` for
+/// `/tmp/u/home`. A sandbox's `/tmp` is its session's directory on disk, so
+/// a `$HOME` there is created in it by every new sandbox (`--dir $HOME`).
+/// `None` unless `path` is absolute, strictly below `/tmp`, and plain (no
+/// `.` or `..` components).
+pub fn below_sandbox_tmp(path: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix("/tmp").ok()?;
+    let plain = rest.components().all(|c| matches!(c, Component::Normal(_)));
+    (plain && !rest.as_os_str().is_empty()).then(|| rest.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +161,30 @@ mod tests {
                 resolve_subpath(sub, home, &fs),
                 PathBuf::from(want),
                 "{sub:?}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn below_sandbox_tmp_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/tmp/u/home", Some("u/home")),
+            ("/tmp/home", Some("home")),
+            ("/tmp/home/", Some("home")),
+            ("/tmp", None),
+            ("/tmp/", None),
+            ("/tmpfoo/home", None),
+            ("/home/u", None),
+            ("/var/tmp/home", None),
+            ("tmp/home", None),
+            ("/tmp/../home/u", None),
+            ("/tmp/a/../b", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                below_sandbox_tmp(Path::new(path)),
+                want.map(PathBuf::from),
+                "{path}"
             );
         }
     }

@@ -96,7 +96,7 @@ impl Service {
         let hub = EventHub::new();
         let table = ProcessTable::new();
         Arc::new(Self {
-            sessions: SessionStore::new(config.dirs.sessions_dir()),
+            sessions: SessionStore::new(config.dirs.sessions_dir(), &config.dirs.home),
             events: ProcessEvents::new(hub.clone(), table.clone()),
             dirs: config.dirs,
             hub,

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::spare_dir::{SpareDir, private_dirs};
 use cowork_policy::names::validate_session_name;
+use cowork_policy::paths::below_sandbox_tmp;
 use cowork_protocol::params::{
     DeleteSessionDirsResult, PruneSessionCachesParams, PruneSessionCachesResult, SessionDiskUsage,
     SessionsDiskInfo,
@@ -54,9 +55,15 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// `sessions_dir` is `<state root>/sessions`; the spare directory is
-    /// its sibling, so no session name can collide with it.
-    pub fn new(sessions_dir: PathBuf) -> Self {
-        let spare = SpareDir::new(sessions_dir.with_file_name("spare-session"), "tmp");
+    /// its sibling, so no session name can collide with it. `home` is the
+    /// host `$HOME`: when it is under `/tmp`, each sandbox creates it in its
+    /// session's `tmp/`, so the spare comes with it already made.
+    pub fn new(sessions_dir: PathBuf, home: &Path) -> Self {
+        let mut inner = PathBuf::from("tmp");
+        if let Some(home_in_tmp) = below_sandbox_tmp(home) {
+            inner.push(home_in_tmp);
+        }
+        let spare = SpareDir::new(sessions_dir.with_file_name("spare-session"), inner);
         Self {
             root: sessions_dir,
             spare,
@@ -259,7 +266,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, SessionStore) {
         let tmp = tempfile::tempdir().unwrap();
-        let store = SessionStore::new(tmp.path().join("sessions"));
+        let store = SessionStore::new(tmp.path().join("sessions"), Path::new("/home/u"));
         (tmp, store)
     }
 
@@ -302,6 +309,27 @@ mod tests {
         // The spare is not a session.
         let names: Vec<_> = s.disk_info().sessions.into_iter().map(|u| u.name).collect();
         assert_eq!(names, ["bold-sharp-clarke"]);
+    }
+
+    #[test]
+    fn a_home_under_tmp_comes_already_made_in_a_new_sessions_tmp() {
+        let cases: &[(&str, Option<&str>)] =
+            &[("/tmp/ci-run/home", Some("ci-run/home")), ("/home/u", None)];
+        for (home, made) in cases {
+            let t = tempfile::tempdir().unwrap();
+            let s = SessionStore::new(t.path().join("sessions"), Path::new(home));
+            s.prepare_spare();
+            crate::spare_dir::tests::wait_ready(&s.spare);
+            let d = s.ensure("a").unwrap();
+            let entries = std::fs::read_dir(&d.tmp).unwrap().count();
+            match made {
+                Some(rel) => {
+                    assert!(d.tmp.join(rel).is_dir(), "{home}");
+                    assert_eq!(mode(&d.tmp.join(rel)), 0o700, "{home}");
+                }
+                None => assert_eq!(entries, 0, "{home}: tmp/ starts empty"),
+            }
+        }
     }
 
     #[test]
