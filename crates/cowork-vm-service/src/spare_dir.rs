@@ -31,7 +31,7 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
-    /// Made inside the spare (`tmp` for a session directory).
+    /// Made inside the spare: `tmp`, or `tmp/<home>` for a `$HOME` under `/tmp` (see `SessionStore::new`).
     inner: PathBuf,
     state: Mutex<State>,
 }
