@@ -12,6 +12,7 @@ pub mod env;
 pub mod fs_view;
 pub mod mounts;
 pub mod names;
+pub mod net;
 pub mod paths;
 pub mod selection;
 pub mod signal;
