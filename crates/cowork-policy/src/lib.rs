@@ -8,6 +8,7 @@ pub mod args;
 pub mod bwrap_argv;
 pub mod bwrap_config;
 pub mod command;
+pub mod confine;
 pub mod env;
 pub mod fs_view;
 pub mod mounts;
