@@ -18,6 +18,8 @@ pub struct CommandNotFound {
 /// 1. a command whose basename is exactly `claude` runs the installed SDK
 ///    binary, when there is one (only `claude`: redirecting `bash -c` too
 ///    made every shell call fail with "Not logged in", reference #427);
+///    when `installSdk` named one that is missing, the not-found error
+///    names that path;
 /// 2. an existing path runs as given;
 /// 3. otherwise the basename is looked up in `path_var` (what `which` did in
 ///    the reference, without forking a process for it).
@@ -27,20 +29,22 @@ pub fn resolve_command(
     path_var: Option<&str>,
     fs: &dyn FsView,
 ) -> Result<PathBuf, CommandNotFound> {
-    let not_found = || CommandNotFound {
-        command: command.to_string(),
-    };
-    if command.is_empty() {
-        return Err(not_found());
-    }
     let as_path = Path::new(command);
     let basename = as_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if basename == "claude"
-        && let Some(sdk) = sdk_binary.filter(|p| fs.exists(p))
-    {
+    let expected_sdk = sdk_binary.filter(|_| basename == "claude");
+    let not_found = || CommandNotFound {
+        command: match expected_sdk {
+            Some(sdk) => sdk.to_string_lossy().into_owned(),
+            None => command.to_string(),
+        },
+    };
+    if command.is_empty() {
+        return Err(not_found());
+    }
+    if let Some(sdk) = expected_sdk.filter(|p| fs.exists(p)) {
         return Ok(sdk.to_path_buf());
     }
     if command.contains('/') && fs.exists(as_path) {
@@ -62,18 +66,29 @@ pub fn find_in_path(name: &str, path_var: Option<&str>, fs: &dyn FsView) -> Opti
         .find(|candidate| fs.is_executable_file(candidate))
 }
 
-/// The SDK binary `installSdk` points at: `<subpath>/<version>/claude`, if it
-/// is executable. A version that is not a plain name (`../..`) is refused.
+/// Where `installSdk` says the SDK binary is: `<subpath>/<version>/claude`
+/// (whether or not it exists). A version that is not a plain name
+/// (`../..`) is refused.
+pub fn sdk_binary_path(
+    sdk_subpath: &str,
+    version: &str,
+    home: &Path,
+    fs: &dyn FsView,
+) -> Result<PathBuf, crate::names::NameError> {
+    validate_mount_name(version)?;
+    Ok(resolve_subpath(sdk_subpath, home, fs)
+        .join(version)
+        .join("claude"))
+}
+
+/// The SDK binary `installSdk` points at, if it is executable.
 pub fn resolve_sdk_binary(
     sdk_subpath: &str,
     version: &str,
     home: &Path,
     fs: &dyn FsView,
 ) -> Option<PathBuf> {
-    validate_mount_name(version).ok()?;
-    let candidate = resolve_subpath(sdk_subpath, home, fs)
-        .join(version)
-        .join("claude");
+    let candidate = sdk_binary_path(sdk_subpath, version, home, fs).ok()?;
     fs.is_executable_file(&candidate).then_some(candidate)
 }
 
@@ -165,6 +180,26 @@ mod tests {
                 .to_string(),
             "x-y not found"
         );
+        // installSdk named a binary that is not there: PATH still counts,
+        // and when nothing is found the error names the expected path.
+        let missing = Path::new("/home/u/.config/Claude/claude-code-vm/9.9.9/claude");
+        assert_eq!(
+            resolve_command("claude", Some(missing), path, &fs).ok(),
+            Some(PathBuf::from("/usr/local/bin/claude"))
+        );
+        assert_eq!(
+            resolve_command("claude", Some(missing), Some("/usr/bin"), &fs)
+                .unwrap_err()
+                .to_string(),
+            "/home/u/.config/Claude/claude-code-vm/9.9.9/claude not found"
+        );
+        assert_eq!(
+            resolve_command("bash-x", Some(missing), Some("/usr/bin"), &fs)
+                .unwrap_err()
+                .to_string(),
+            "bash-x not found",
+            "only claude is the SDK"
+        );
     }
 
     #[test]
@@ -187,6 +222,11 @@ mod tests {
                 "{sub} {version}"
             );
         }
+        assert_eq!(
+            sdk_binary_path("home/u/sdk", "9.9.9", home, &fs).unwrap(),
+            PathBuf::from("/home/u/sdk/9.9.9/claude")
+        );
+        assert!(sdk_binary_path("home/u/sdk", "../..", home, &fs).is_err());
     }
 
     // Ported from the reference's resolveWorkDir cases (section 9.5), with the

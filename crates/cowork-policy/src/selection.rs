@@ -1,7 +1,9 @@
 //! Which backend the daemon uses, and why.
 //!
 //! Order (seed 000): an explicit `COWORK_VM_BACKEND` wins (an unknown value
-//! is reported and auto-detection continues); otherwise bubblewrap when it
+//! is reported and auto-detection continues; `bwrap` is still probed once,
+//! because the 3.x client's patch always sets it, so the override must not
+//! mean "never diagnose"); otherwise bubblewrap when it
 //! is installed and its probe passes; bubblewrap installed but failing ->
 //! host, never KVM (falling through to KVM put users in a boot loop,
 //! reference #351); bubblewrap missing -> KVM when its requirements are met;
@@ -114,7 +116,7 @@ impl KvmRequirements {
 
 /// The facts selection needs; implemented for real by the daemon and faked
 /// by tests. Methods are only called when their answer matters (no bwrap
-/// probe under an override), so the real one can be lazy.
+/// probe under a `kvm` or `host` override), so the real one can be lazy.
 pub trait HostProbe {
     /// The raw `COWORK_VM_BACKEND` value, if set and non-empty.
     fn backend_override(&mut self) -> Option<String>;
@@ -158,10 +160,59 @@ blocks unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_usern
 AppArmor profile that grants `userns` to /usr/bin/bwrap (see `cowork-vm-service --doctor`), or \
 set the sysctl to 0 (weaker: it re-enables user namespaces for every program).";
 
+/// What a failed probe means, with its fix, in one sentence.
+pub fn probe_failure_cause(failure: &ProbeFailure) -> String {
+    match failure.kind() {
+        ProbeFailureKind::UserNamespace => USERNS_HINT.to_string(),
+        ProbeFailureKind::ProcMount => {
+            "bubblewrap cannot mount /proc here (a restrictive container?)".to_string()
+        }
+        ProbeFailureKind::Unknown => format!("bubblewrap probe failed: {}", failure.message),
+    }
+}
+
+/// `COWORK_VM_BACKEND=bwrap`: bubblewrap is kept whatever its probe says
+/// (isolation is never downgraded silently), but a failing or missing
+/// bubblewrap is diagnosed up front.
+fn bwrap_override(raw: &str, probe: &mut dyn HostProbe) -> Selection {
+    let reason = format!("COWORK_VM_BACKEND={raw} selects the bwrap backend");
+    let (bwrap, warnings) = match probe.bwrap_path() {
+        None => (
+            BwrapStatus::NotInstalled,
+            vec![
+                "COWORK_VM_BACKEND=bwrap, but bubblewrap (bwrap) is not installed: install the \
+                 bubblewrap package; every spawn fails until then"
+                    .to_string(),
+            ],
+        ),
+        Some(path) => match probe.bwrap_probe() {
+            Ok(()) => (BwrapStatus::Works { path }, Vec::new()),
+            Err(failure) => {
+                let warning = format!(
+                    "COWORK_VM_BACKEND=bwrap, but bubblewrap's start-up probe failed: {}; \
+                     keeping the bwrap backend (isolation is never downgraded), so spawns \
+                     fail until this is fixed",
+                    probe_failure_cause(&failure)
+                );
+                (BwrapStatus::ProbeFailed { path, failure }, vec![warning])
+            }
+        },
+    };
+    Selection {
+        backend: BackendKind::Bwrap,
+        reason,
+        warnings,
+        overridden: true,
+        bwrap,
+        kvm: None,
+    }
+}
+
 pub fn select_backend(probe: &mut dyn HostProbe) -> Selection {
     let mut warnings = Vec::new();
     if let Some(raw) = probe.backend_override() {
         match BackendKind::parse(&raw) {
+            Some(BackendKind::Bwrap) => return bwrap_override(&raw, probe),
             Some(kind) => {
                 return Selection {
                     backend: kind,
@@ -188,16 +239,7 @@ pub fn select_backend(probe: &mut dyn HostProbe) -> Selection {
                 kvm: None,
             },
             Err(failure) => {
-                let cause = match failure.kind() {
-                    ProbeFailureKind::UserNamespace => USERNS_HINT.to_string(),
-                    ProbeFailureKind::ProcMount => {
-                        "bubblewrap cannot mount /proc here (a restrictive container?)".to_string()
-                    }
-                    ProbeFailureKind::Unknown => {
-                        format!("bubblewrap probe failed: {}", failure.message)
-                    }
-                };
-                warnings.push(cause);
+                warnings.push(probe_failure_cause(&failure));
                 warnings.push(
                     "falling back to the host backend: commands run WITHOUT isolation \
                      (set COWORK_VM_BACKEND=kvm to opt into a VM)"
@@ -315,14 +357,38 @@ mod tests {
                 warnings: 0,
             },
             Case {
-                why: "override bwrap",
+                why: "override bwrap, bwrap works",
                 fake: Fake {
                     override_value: Some(" bwrap "),
+                    bwrap: Some("/usr/bin/bwrap"),
                     ..Default::default()
                 },
                 want: BackendKind::Bwrap,
                 overridden: true,
                 warnings: 0,
+            },
+            Case {
+                why: "override bwrap, probe fails: still bwrap, diagnosed",
+                fake: Fake {
+                    override_value: Some("bwrap"),
+                    bwrap: Some("/usr/bin/bwrap"),
+                    probe: Some(("exit 1", "bwrap: setting up uid map: Permission denied")),
+                    kvm: kvm_ok(),
+                    ..Default::default()
+                },
+                want: BackendKind::Bwrap,
+                overridden: true,
+                warnings: 1,
+            },
+            Case {
+                why: "override bwrap, not installed: still bwrap, diagnosed",
+                fake: Fake {
+                    override_value: Some("bwrap"),
+                    ..Default::default()
+                },
+                want: BackendKind::Bwrap,
+                overridden: true,
+                warnings: 1,
             },
             Case {
                 why: "override host",
@@ -419,13 +485,33 @@ mod tests {
                 got.warnings
             );
             if case.overridden {
-                assert!(
-                    !case.fake.probed,
-                    "{}: an override must not run the probe",
+                assert_eq!(
+                    case.fake.probed,
+                    case.want == BackendKind::Bwrap && case.fake.bwrap.is_some(),
+                    "{}: only a bwrap override runs the probe",
                     case.why
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_failing_bwrap_override_keeps_bwrap_and_names_cause_and_fix() {
+        let mut fake = Fake {
+            override_value: Some("bwrap"),
+            bwrap: Some("/usr/bin/bwrap"),
+            probe: Some(("exit 1", "bwrap: setting up uid map: Permission denied")),
+            ..Default::default()
+        };
+        let got = select_backend(&mut fake);
+        assert_eq!(got.backend, BackendKind::Bwrap);
+        assert!(matches!(got.bwrap, BwrapStatus::ProbeFailed { .. }));
+        assert!(
+            got.warnings[0].contains("apparmor_restrict_unprivileged_userns"),
+            "{:?}",
+            got.warnings
+        );
+        assert!(got.warnings[0].contains("never downgraded"));
     }
 
     #[test]

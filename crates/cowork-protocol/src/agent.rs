@@ -4,8 +4,9 @@
 //! The shapes follow the guest convention of the reference's VM protocol so
 //! one agent serves both isolating backends:
 //!
-//! * daemon -> agent: `{type:"request", id, method, params}` and
-//!   `{type:"notification", method:"stdin", params:{id, data, eof?}}`;
+//! * daemon -> agent: `{type:"request", id, method, params}` (`stdin`
+//!   included: `params:{id, data, eof?}`), and `{type:"notification", ...}`
+//!   for messages that need no answer (none yet; unknown ones are ignored);
 //! * agent -> daemon: `{type:"response", id, result | error}`, the process
 //!   events `{type:"stdout"|"stderr", id, data}`, `{type:"exit", id, code,
 //!   signal}` (guest exits use `code`; the daemon translates to `exitCode`),
@@ -27,8 +28,10 @@ pub mod method {
     pub const KILL: &str = "kill";
     /// Report activity: result [`super::AgentStatus`].
     pub const STATUS: &str = "status";
-    /// Notification: write to (or close) a process's stdin, params
-    /// [`super::StdinNotification`].
+    /// Write to (or close) a process's stdin: params [`super::StdinWrite`],
+    /// result `{}` once the data is in the process's pipe (so the daemon's
+    /// `writeStdin` waits for a process that does not read, as a pipe
+    /// write would, and nothing piles up in the agent).
     pub const STDIN: &str = "stdin";
 }
 
@@ -111,7 +114,7 @@ pub struct KillRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StdinNotification {
+pub struct StdinWrite {
     pub id: String,
     #[serde(default)]
     pub data: String,

@@ -4,6 +4,7 @@
 //! cowork-vm-service [SCRIPT.js] [-socket PATH | --socket PATH]   serve (the daemon)
 //! cowork-vm-service --doctor [--json]                             diagnose
 //! cowork-vm-service run [OPTIONS] -- CMD [ARGS...]                run one command
+//! cowork-vm-service -e SCRIPT                                     the launcher's runtime probe
 //! ```
 //!
 //! The desktop client's launchers pass `-socket PATH` (one dash) and, with
@@ -29,8 +30,8 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// Unix socket to serve (default: ${XDG_RUNTIME_DIR:-/tmp}/cowork-vm-service.sock).
-    /// `-socket PATH` is accepted too.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// `-socket PATH` is accepted too. With --doctor: the daemon socket to check.
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
     /// Diagnose this machine: which backend Cowork gets, why, and how to fix problems.
@@ -54,17 +55,22 @@ pub enum Command {
     /// Internal: the in-sandbox agent (pid 1 of a session sandbox).
     #[command(hide = true)]
     Agent(AgentArgs),
-    /// Internal: kills the host backend's processes when the daemon dies.
-    #[command(hide = true)]
-    Guard,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Backend to use for the embedded daemon: bwrap, kvm or host
+    /// Backend to use for the embedded daemon
     /// (default: COWORK_VM_BACKEND, else auto-detect).
-    #[arg(long, value_name = "BACKEND")]
+    #[arg(long, value_name = "BACKEND", value_parser = ["bwrap", "kvm", "host"])]
     pub backend: Option<String>,
+
+    /// Connect to the daemon at PATH instead of starting one.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Run STRING with `sh -c` (instead of CMD ARGS...).
+    #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
+    pub shell_command: Option<String>,
 
     /// Folder to mount into the session (repeatable). NAME defaults to the
     /// folder's name; add `:ro` for read-only. The first plain mount is the
@@ -95,6 +101,10 @@ pub struct DoctorArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// The daemon socket to check (default: the daemon's default socket).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -102,19 +112,110 @@ pub struct AgentArgs {
     /// Descriptor of the channel to the daemon.
     #[arg(long, value_name = "FD")]
     pub fd: i32,
+
+    /// Serve the host backend (no sandbox around the agent).
+    #[arg(long)]
+    pub host: bool,
 }
 
-/// The agent's descriptor when `argv` is exactly how the daemon starts it
-/// (`PROGRAM agent --fd N`), else `None` and clap parses as usual.
+impl AgentArgs {
+    pub fn mode(&self) -> AgentMode {
+        if self.host {
+            AgentMode::Host
+        } else {
+            AgentMode::Sandbox
+        }
+    }
+}
+
+/// Where the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Pid 1 of a session sandbox (or init of a VM).
+    Sandbox,
+    /// On the host, for the host backend: no confinement, but every
+    /// descendant of its processes stays in its subtree (subreaper).
+    Host,
+}
+
+/// The agent's descriptor and mode when `argv` is exactly how the daemon
+/// starts it (`PROGRAM agent --fd N [--host]`), else `None` and clap parses
+/// as usual.
 ///
 /// The agent is executed once per sandbox, on the path of a session's
 /// first command; building the whole clap command tree costs more there
 /// than the rest of the agent's start-up.
-pub fn agent_fast_path(argv: &[OsString]) -> Option<i32> {
+pub fn agent_fast_path(argv: &[OsString]) -> Option<(i32, AgentMode)> {
     match argv {
-        [_, sub, flag, fd] if sub == "agent" && flag == "--fd" => fd.to_str()?.parse().ok(),
+        [_, sub, flag, fd] if sub == "agent" && flag == "--fd" => {
+            Some((fd.to_str()?.parse().ok()?, AgentMode::Sandbox))
+        }
+        [_, sub, flag, fd, host] if sub == "agent" && flag == "--fd" && host == "--host" => {
+            Some((fd.to_str()?.parse().ok()?, AgentMode::Host))
+        }
         _ => None,
     }
+}
+
+/// The script the launcher of claude-desktop-debian (and its `--doctor`)
+/// runs with `$COWORK_NODE_PATH -e` to check that the runtime can run the
+/// daemon: `fs.statfsSync` must exist. This binary is the daemon, so the
+/// answer is yes.
+const LAUNCHER_PROBE: &str = r#"process.exit(typeof require("fs").statfsSync==="function"?0:1)"#;
+
+/// What `-e SCRIPT` / `--eval SCRIPT` answers, when `argv` is that form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalAnswer {
+    /// The launcher's capability probe: exit 0.
+    CapabilityProbe,
+    /// Any other script: exit 1 with this message.
+    NotJavaScript(String),
+}
+
+/// `PROGRAM -e SCRIPT` (or `--eval`): the launcher treats this binary as
+/// a JavaScript runtime (`COWORK_NODE_PATH`). Only its capability probe is
+/// answered; quotes and blanks may differ from the canonical text.
+pub fn eval_probe(argv: &[OsString]) -> Option<EvalAnswer> {
+    let [_, flag, script] = argv else {
+        return None;
+    };
+    if flag != "-e" && flag != "--eval" {
+        return None;
+    }
+    let canonical = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != ';')
+            .map(|c| if c == '\'' || c == '`' { '"' } else { c })
+            .collect()
+    };
+    let script = script.to_string_lossy();
+    if canonical(&script) == canonical(LAUNCHER_PROBE) {
+        Some(EvalAnswer::CapabilityProbe)
+    } else {
+        Some(EvalAnswer::NotJavaScript(
+            "cowork-vm-service is not a JavaScript runtime: of `-e` scripts it answers only the \
+             launcher's capability probe (fs.statfsSync)"
+                .to_string(),
+        ))
+    }
+}
+
+/// An error and its causes on one line, each cause once: error types that
+/// already name their source in their message (`cannot bind X: Permission
+/// denied`) are not followed by the same text again.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Rewrites the launcher-style arguments into ones clap understands: a
@@ -157,6 +258,24 @@ mod tests {
     }
 
     #[test]
+    fn error_chains_name_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot bind /s: {source}")]
+        struct Bind {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Bind { source: io }).context("starting the daemon");
+        let line = error_chain(&e);
+        assert_eq!(
+            line,
+            "starting the daemon: cannot bind /s: permission denied"
+        );
+        let plain = anyhow::anyhow!("one").context("two");
+        assert_eq!(error_chain(&plain), "two: one");
+    }
+
+    #[test]
     fn normalize_table() {
         let cases: [(&[&str], &[&str]); 7] = [
             (&["bin"], &["bin"]),
@@ -184,6 +303,71 @@ mod tests {
     }
 
     #[test]
+    fn eval_answers_only_the_launchers_capability_probe() {
+        let probe =
+            |script: &str| eval_probe(&["node".into(), "-e".into(), OsString::from(script)]);
+        let yes = Some(EvalAnswer::CapabilityProbe);
+        for script in [
+            r#"process.exit(typeof require("fs").statfsSync==="function"?0:1)"#,
+            r#"process.exit(typeof require('fs').statfsSync === 'function' ? 0 : 1);"#,
+        ] {
+            assert_eq!(probe(script), yes, "{script}");
+        }
+        for script in [
+            "console.log(1)",
+            "process.exit(0)",
+            r#"process.exit(typeof require("fs").statfsSync==="function"?1:0)"#,
+            "",
+        ] {
+            assert!(
+                matches!(probe(script), Some(EvalAnswer::NotJavaScript(m)) if m.contains("not a JavaScript runtime")),
+                "{script}"
+            );
+        }
+        let long = eval_probe(&["n".into(), "--eval".into(), "x".into()]);
+        assert!(matches!(long, Some(EvalAnswer::NotJavaScript(_))));
+        for argv in [
+            &["n", "-e"][..],
+            &["n", "--version"],
+            &["n", "-e", "x", "y"],
+            &["n", "run", "x"],
+        ] {
+            let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+            assert_eq!(eval_probe(&argv), None, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn run_takes_dash_c_only_backends_it_knows_and_its_own_socket() {
+        let parse = |a: &[&str]| Cli::try_parse_from(a.iter().map(OsString::from));
+        match parse(&["c", "run", "-c", "echo hi | wc -c"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Run(r)) => {
+                assert_eq!(r.shell_command.as_deref(), Some("echo hi | wc -c"));
+                assert!(r.command.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["c", "run", "-c", "x", "--", "ls"]).is_err());
+        for b in ["bwrap", "kvm", "host"] {
+            assert!(
+                parse(&["c", "run", "--backend", b, "--", "true"]).is_ok(),
+                "{b}"
+            );
+        }
+        assert!(parse(&["c", "run", "--backend", "docker", "--", "true"]).is_err());
+        match parse(&["c", "run", "--socket", "/s", "--", "true"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Run(r)) => assert_eq!(r.socket, Some(PathBuf::from("/s"))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn parses_every_invocation() {
         let parse = |a: &[&str]| {
             Cli::try_parse_from(normalize_argv(a.iter().map(OsString::from).collect()))
@@ -207,9 +391,17 @@ mod tests {
 
     #[test]
     fn agent_fast_path_takes_only_the_daemons_exact_form() {
-        let cases: [(&[&str], Option<i32>); 8] = [
-            (&["c", "agent", "--fd", "0"], Some(0)),
-            (&["c", "agent", "--fd", "17"], Some(17)),
+        let cases: [(&[&str], Option<(i32, AgentMode)>); 10] = [
+            (&["c", "agent", "--fd", "0"], Some((0, AgentMode::Sandbox))),
+            (
+                &["c", "agent", "--fd", "17"],
+                Some((17, AgentMode::Sandbox)),
+            ),
+            (
+                &["c", "agent", "--fd", "0", "--host"],
+                Some((0, AgentMode::Host)),
+            ),
+            (&["c", "agent", "--fd", "0", "--hostx"], None),
             (&["c", "agent", "--fd", "x"], None),
             (&["c", "agent", "--fd=3"], None),
             (&["c", "agent", "--fd", "3", "extra"], None),
@@ -222,9 +414,9 @@ mod tests {
             let fast = agent_fast_path(&argv);
             assert_eq!(fast, want, "{argv:?}");
             // Whatever the fast path accepts, clap reads the same way.
-            if let Some(fd) = fast {
+            if let Some((fd, mode)) = fast {
                 match Cli::try_parse_from(&argv).map(|c| c.command) {
-                    Ok(Some(Command::Agent(a))) => assert_eq!(a.fd, fd),
+                    Ok(Some(Command::Agent(a))) => assert_eq!((a.fd, a.mode()), (fd, mode)),
                     other => panic!("clap disagrees on {argv:?}: {other:?}"),
                 }
             }

@@ -114,7 +114,8 @@ pub fn main(socket_arg: Option<PathBuf>) -> ExitCode {
     let code = match serve_until_signal(dirs, log, &socket_path) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Errors are echoed on stderr by the logger.
+            tracing::error!("{}", crate::cli::error_chain(&e));
             1
         }
     };

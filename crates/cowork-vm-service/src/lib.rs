@@ -31,7 +31,6 @@ pub mod events;
 pub mod framing;
 pub mod lean_linking;
 pub mod logging;
-pub mod orphan_guard;
 pub mod process_events;
 pub mod processes;
 pub mod read_file;

@@ -1,21 +1,32 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cowork_vm_service::cli::{Cli, Command, agent_fast_path, normalize_argv};
-use cowork_vm_service::{agent, daemon, doctor, orphan_guard, run};
+use cowork_vm_service::cli::{
+    Cli, Command, EvalAnswer, agent_fast_path, eval_probe, normalize_argv,
+};
+use cowork_vm_service::{agent, daemon, doctor, run};
 
 fn main() -> ExitCode {
     let argv: Vec<_> = std::env::args_os().collect();
-    if let Some(fd) = agent_fast_path(&argv) {
-        return agent::main(fd);
+    if let Some((fd, mode)) = agent_fast_path(&argv) {
+        return agent::main(fd, mode);
+    }
+    match eval_probe(&argv) {
+        Some(EvalAnswer::CapabilityProbe) => return ExitCode::SUCCESS,
+        Some(EvalAnswer::NotJavaScript(message)) => {
+            eprintln!("{message}");
+            return ExitCode::from(1);
+        }
+        None => {}
     }
     let cli = Cli::parse_from(normalize_argv(argv));
     match cli.command {
-        Some(Command::Run(args)) => run::main(args, cli.socket),
-        Some(Command::Doctor(args)) => doctor::main(args.json || cli.json, cli.socket),
+        Some(Command::Run(args)) => run::main(args),
+        Some(Command::Doctor(args)) => {
+            doctor::main(args.json || cli.json, args.socket.or(cli.socket))
+        }
         None if cli.doctor => doctor::main(cli.json, cli.socket),
-        Some(Command::Agent(args)) => agent::main(args.fd),
-        Some(Command::Guard) => orphan_guard::main(),
+        Some(Command::Agent(args)) => agent::main(args.fd, args.mode()),
         None => daemon::main(cli.socket),
     }
 }

@@ -11,10 +11,12 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cowork_policy::mounts::{MountMode, check_mount_source};
+use cowork_policy::names::validate_mount_name;
 use cowork_protocol::text::Utf8Stream;
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncReadExt;
@@ -72,15 +74,31 @@ pub fn parse_mount_arg(spec: &str) -> Result<MountArg, String> {
     })
 }
 
-/// Builds `additionalMounts` and the working directory for the spawn.
-fn mounts_and_cwd(args: &RunArgs, cwd: &Path) -> anyhow::Result<(Map<String, Value>, String)> {
+/// A mount `run` will not ask for: exit status 2, like a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MountRefused(pub String);
+
+/// Builds `additionalMounts` and the working directory for the spawn. A
+/// mount the daemon would refuse is refused here first, with the daemon's
+/// own reason, instead of running the command without it.
+fn mounts_and_cwd(
+    args: &RunArgs,
+    cwd: &Path,
+) -> Result<(Map<String, Value>, String), MountRefused> {
     let mut requested: Vec<MountArg> = args
         .mounts
         .iter()
         .map(|m| parse_mount_arg(m))
         .collect::<Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
-    if requested.is_empty() && check_mount_source(cwd, &RealFs).is_ok() {
+        .map_err(MountRefused)?;
+    if requested.is_empty() {
+        if let Err(reason) = check_mount_source(cwd, &RealFs) {
+            return Err(MountRefused(format!(
+                "the current directory cannot be the session's folder: {reason}; \
+                 cd into a project folder or pass --mount DIR"
+            )));
+        }
         requested.push(MountArg {
             host: cwd.to_path_buf(),
             name: None,
@@ -90,16 +108,29 @@ fn mounts_and_cwd(args: &RunArgs, cwd: &Path) -> anyhow::Result<(Map<String, Val
     let mut mounts = Map::new();
     let mut primary = None;
     for m in requested {
+        let shown = m.host.display().to_string();
         let host = std::fs::canonicalize(cwd.join(&m.host))
-            .with_context(|| format!("--mount {}", m.host.display()))?;
+            .map_err(|e| MountRefused(format!("--mount {shown}: {e}")))?;
         if !host.is_dir() {
-            bail!("--mount {}: not a directory", host.display());
+            return Err(MountRefused(format!(
+                "--mount {shown}: {} is not a directory",
+                host.display()
+            )));
         }
+        check_mount_source(&host, &RealFs)
+            .map_err(|reason| MountRefused(format!("--mount {shown}: {reason}")))?;
         let name = m.name.clone().unwrap_or_else(|| {
             host.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "root".into())
         });
+        validate_mount_name(&name)
+            .map_err(|e| MountRefused(format!("--mount {shown}: mount name {name:?}: {e}")))?;
+        if mounts.contains_key(&name) {
+            return Err(MountRefused(format!(
+                "--mount {shown}: a mount named {name:?} is given twice; name one with DIR:NAME"
+            )));
+        }
         if primary.is_none() && !name.starts_with('.') && name != "uploads" {
             primary = Some(name.clone());
         }
@@ -124,7 +155,7 @@ fn env_map(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     Ok(env)
 }
 
-pub fn main(args: RunArgs, socket_arg: Option<PathBuf>) -> ExitCode {
+pub fn main(args: RunArgs) -> ExitCode {
     let dirs = Dirs::from_env();
     let log = logging::init(&dirs.log_file(), logging::debug_from_env(), false);
     daemon::install_panic_hook();
@@ -135,14 +166,19 @@ pub fn main(args: RunArgs, socket_arg: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(run(args, socket_arg, dirs, log));
+    let result = runtime.block_on(run(args, dirs, log));
     // A stdin reader may still be blocked in read(2); do not wait for it.
     runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("cowork-vm-service run: {e:#}");
-            ExitCode::from(125)
+            let code = if e.downcast_ref::<MountRefused>().is_some() {
+                2
+            } else {
+                125
+            };
+            eprintln!("cowork-vm-service run: {}", crate::cli::error_chain(&e));
+            ExitCode::from(code)
         }
     }
 }
@@ -152,24 +188,82 @@ enum Control {
     Signal(&'static str),
 }
 
-async fn run(
-    args: RunArgs,
-    socket_arg: Option<PathBuf>,
-    dirs: Dirs,
-    log: logging::LogControl,
-) -> anyhow::Result<i32> {
+/// The command line to run: `-c STRING`, the given command, or the report.
+fn command_line(args: &RunArgs) -> (Vec<String>, bool) {
+    if let Some(script) = &args.shell_command {
+        return (vec!["sh".into(), "-c".into(), script.clone()], false);
+    }
+    if args.command.is_empty() {
+        return (
+            DEFAULT_COMMAND.iter().map(|s| s.to_string()).collect(),
+            true,
+        );
+    }
+    (args.command.clone(), false)
+}
+
+/// What the daemon serving us says about isolation.
+struct Isolation {
+    backend: String,
+    isolated: bool,
+    reason: String,
+    warnings: Vec<String>,
+}
+
+impl Isolation {
+    fn from_info(info: &Value) -> Self {
+        let text = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string()
+        };
+        Self {
+            backend: text("backend"),
+            isolated: info.get("isolated") == Some(&Value::Bool(true)),
+            reason: text("reason"),
+            warnings: info
+                .get("warnings")
+                .and_then(Value::as_array)
+                .map(|w| {
+                    w.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The one line printed before an unisolated command's output.
+    fn unisolated_line(&self) -> String {
+        let why = self
+            .warnings
+            .iter()
+            .find(|w| !w.contains("WITHOUT isolation"))
+            .unwrap_or(&self.reason);
+        format!(
+            "cowork-vm-service: NOT ISOLATED: the {} backend runs the command directly on this \
+             machine ({why}); see `cowork-vm-service --doctor`",
+            self.backend
+        )
+    }
+}
+
+async fn run(args: RunArgs, dirs: Dirs, log: logging::LogControl) -> anyhow::Result<i32> {
+    // Ctrl-C belongs to the command from the moment it can run: the
+    // handlers exist before the spawn is even asked for.
+    let interrupts = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let terminations = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let cwd = std::env::current_dir().context("current directory")?;
     let (mounts, workdir) = mounts_and_cwd(&args, &cwd)?;
     let env = env_map(&args.env)?;
-    let mut command: Vec<String> = args.command.clone();
-    if command.is_empty() {
-        command = DEFAULT_COMMAND.iter().map(|s| s.to_string()).collect();
-    }
+    let (command, is_report) = command_line(&args);
 
     let mut _private_dir = None;
     let mut embedded = None;
-    let socket_path = match socket_arg {
-        Some(path) => path,
+    let socket_path = match &args.socket {
+        Some(path) => path.clone(),
         None => {
             let dir = tempfile::Builder::new()
                 .prefix("cowork-run-")
@@ -191,19 +285,20 @@ async fn run(
     events.subscribe().await?;
     let mut rpc = Connection::connect(&socket_path).await?;
     rpc.call("startVM", json!({})).await?;
-    if let Ok(info) = rpc.call("getDaemonInfo", json!({})).await
-        && info.get("isolated") == Some(&Value::Bool(false))
-    {
-        let backend = info.get("backend").and_then(Value::as_str).unwrap_or("?");
-        eprintln!(
-            "WARNING: cowork-vm-service is using the {backend} backend: the command runs \
-             directly on this machine WITHOUT isolation."
-        );
-        if let Some(warnings) = info.get("warnings").and_then(Value::as_array) {
-            for w in warnings.iter().filter_map(Value::as_str) {
-                eprintln!("WARNING: {w}");
+    let isolation = Isolation::from_info(&rpc.call("getDaemonInfo", json!({})).await?);
+    if is_report {
+        println!(
+            "backend:   {} ({})",
+            isolation.backend,
+            if isolation.isolated {
+                "isolated: the command runs in a session sandbox"
+            } else {
+                "NOT isolated: the command runs directly on this machine"
             }
-        }
+        );
+        println!("reason:    {}", isolation.reason);
+    } else if !isolation.isolated {
+        eprintln!("{}", isolation.unisolated_line());
     }
 
     let id = format!("run-{}", std::process::id());
@@ -244,7 +339,7 @@ async fn run(
         rpc
     });
     tokio::spawn(forward_stdin(control_tx.clone()));
-    tokio::spawn(forward_signals(control_tx));
+    tokio::spawn(forward_signals(control_tx, interrupts, terminations));
 
     let code = loop {
         let event = events.next_frame().await?;
@@ -279,6 +374,14 @@ async fn run(
         }
     };
     rpc_task.abort();
+    if is_report {
+        println!(
+            "\nnext:      cowork-vm-service run -- bash          (a shell in the session)\n           \
+             cowork-vm-service run --mount DIR:ro -- ls   (another folder, read-only)\n           \
+             cowork-vm-service run -c 'CMD | CMD'         (a shell command line)\n           \
+             cowork-vm-service --doctor                   (what this machine supports)"
+        );
+    }
     if let Some(server) = embedded {
         server.stop().await;
     }
@@ -309,13 +412,11 @@ async fn forward_stdin(tx: mpsc::Sender<Control>) {
     }
 }
 
-async fn forward_signals(tx: mpsc::Sender<Control>) {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
+async fn forward_signals(
+    tx: mpsc::Sender<Control>,
+    mut int: tokio::signal::unix::Signal,
+    mut term: tokio::signal::unix::Signal,
+) {
     let mut interrupts = 0;
     loop {
         let sig = tokio::select! {

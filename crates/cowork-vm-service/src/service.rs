@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use cowork_policy::command::find_in_path;
-use cowork_policy::command::resolve_sdk_binary;
+use cowork_policy::command::sdk_binary_path;
 use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env};
+use cowork_policy::fs_view::FsView;
 use cowork_policy::mounts::{
     Mount, MountMap, MountMode, build_mount_map, check_mount_source, guest_session,
     parse_guest_path,
 };
 use cowork_policy::names::{validate_mount_name, validate_session_name};
 use cowork_policy::paths::{is_within, join_within, normalize, resolve_subpath};
-use cowork_policy::selection::{BackendKind, BwrapStatus, Selection, select_backend};
+use cowork_policy::selection::{
+    BackendKind, BwrapStatus, Selection, probe_failure_cause, select_backend,
+};
 use cowork_policy::signal::{ParsedSignal, parse_signal, signal_from_number};
 use cowork_protocol::event::{ApiReachability, NetworkStatus};
 use cowork_protocol::params::{
@@ -186,11 +189,25 @@ impl Service {
             return Arc::new(UnavailableBackend::new(
                 BackendKind::Bwrap,
                 "COWORK_VM_BACKEND=bwrap, but bubblewrap (bwrap) is not installed: install the \
-                 bubblewrap package",
+                 bubblewrap package (see `cowork-vm-service --doctor`)",
             ));
+        };
+        let diagnosis = match &selection.bwrap {
+            BwrapStatus::ProbeFailed { failure, .. } => {
+                let cause = probe_failure_cause(failure);
+                tracing::error!(
+                    "bubblewrap failed its start-up probe ({}): {cause}. The bwrap backend is kept \
+                     as COWORK_VM_BACKEND asks; spawns will fail until this is fixed. Run \
+                     `cowork-vm-service --doctor`.",
+                    failure.message
+                );
+                Some(cause)
+            }
+            _ => None,
         };
         let settings = BwrapSettings {
             bwrap,
+            diagnosis,
             home: self.dirs.home.clone(),
             config_file: self.dirs.linux_config_file(),
             path_var: self.probe.path_var.clone(),
@@ -242,11 +259,15 @@ impl Service {
                 Ok(json!({}))
             }
             "sendGuestResponse" => {
+                // The client answers guest requests of the official VM; our
+                // agents never ask the client anything, so nothing is
+                // pending. Accepted, as the upstream wire test expects.
                 let p: SendGuestResponseParams = params::parse(method, params)?;
-                Err(format!(
-                    "Unknown guest request id: {} (this daemon has no pending guest requests)",
+                tracing::debug!(
+                    "sendGuestResponse {}: no guest request is pending; ignored",
                     p.id
-                ))
+                );
+                Ok(json!({}))
             }
             "getSessionsDiskInfo" => {
                 let _p: SessionsDiskInfoParams = params::parse(method, params)?;
@@ -554,19 +575,29 @@ impl Service {
         Ok((abs, self.dirs.home_real.clone()))
     }
 
+    /// Records where the SDK binary is. A missing one is not an error (it
+    /// is step 4 of the client's boot sequence, and the reference answers
+    /// `{}`): a later spawn of `claude` then fails with exit 127 naming
+    /// this path.
     fn install_sdk(&self, p: InstallSdkParams) -> MethodResult {
-        match resolve_sdk_binary(&p.sdk_subpath, &p.version, &self.dirs.home, &RealFs) {
-            Some(path) => {
-                tracing::info!("SDK binary: {}", path.display());
-                self.state().sdk_binary = Some(path);
-                Ok(json!({}))
-            }
-            None => Err(format!(
-                "installSdk: no executable SDK binary at {}/{}/claude",
-                resolve_subpath(&p.sdk_subpath, &self.dirs.home, &RealFs).display(),
-                p.version
-            )),
+        let path =
+            sdk_binary_path(&p.sdk_subpath, &p.version, &self.dirs.home, &RealFs).map_err(|e| {
+                format!(
+                    "Invalid params for installSdk: version {:?}: {e}",
+                    p.version
+                )
+            })?;
+        if RealFs.is_executable_file(&path) {
+            tracing::info!("SDK binary: {}", path.display());
+        } else {
+            tracing::warn!(
+                "installSdk: no executable SDK binary at {}; `claude` will not be found until it \
+                 is installed there",
+                path.display()
+            );
         }
+        self.state().sdk_binary = Some(path);
+        Ok(json!({}))
     }
 
     async fn daemon_info(&self) -> MethodResult {

@@ -5,24 +5,31 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use cowork_policy::command::resolve_command;
-use cowork_protocol::agent::{AgentStatus, FromAgent, SpawnRequest, StdinNotification};
+use cowork_protocol::agent::{AgentStatus, FromAgent, SpawnRequest, StdinWrite};
 use cowork_protocol::event::Stream;
 use rustix::process::{Pid, Signal, WaitOptions, kill_process_group, wait};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Outbox;
 use super::child_signals::{ChildSignals, unblocked_during};
+use super::{AgentMode, Outbox, descendants};
 use crate::child_setup::exec_failure_code;
 use crate::real_fs::RealFs;
 use crate::supervise::{ExitInfo, OutputSink, supervise};
 
+/// A chunk for a process's stdin and who waits for it to be written.
+pub(crate) struct StdinChunk {
+    pub note: StdinWrite,
+    pub written: oneshot::Sender<Result<(), String>>,
+}
+
 struct Tracked {
     pgid: Pid,
-    stdin: Option<mpsc::UnboundedSender<StdinNotification>>,
+    stdin: Option<mpsc::UnboundedSender<StdinChunk>>,
 }
 
 #[derive(Default)]
@@ -86,18 +93,20 @@ pub(crate) fn launch(req: SpawnRequest) -> Result<Launched, LaunchFailure> {
 pub(crate) struct Children {
     state: Arc<Mutex<State>>,
     out: Outbox,
+    reaper: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl Children {
     /// Starts the reaper; must run before any child exists.
-    pub(crate) fn start(out: Outbox) -> std::io::Result<Self> {
+    pub(crate) fn start(out: Outbox, _mode: AgentMode) -> std::io::Result<Self> {
         let children = Self {
             state: Arc::default(),
             out,
+            reaper: Arc::default(),
         };
         let sigchld = ChildSignals::new()?;
         let reaper = children.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 reaper.reap();
                 if let Err(e) = sigchld.recv().await {
@@ -106,7 +115,25 @@ impl Children {
                 }
             }
         });
+        *children.reaper.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
         Ok(children)
+    }
+
+    /// Ends every process below the agent (SIGTERM, `grace`, then SIGKILL
+    /// until none is left), reports the exits of the tracked ones, and
+    /// stops the reaper.
+    pub(crate) async fn terminate_all(&self, grace: Duration) {
+        descendants::end_all(grace).await;
+        // The last exits are reaped and their events sent by the
+        // supervisors; give them a moment, then stop the reaper so nothing
+        // holds the outbox any more.
+        let start = std::time::Instant::now();
+        while !self.lock().tracked.is_empty() && start.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(reaper) = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            reaper.abort();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -229,16 +256,28 @@ impl Children {
         kill_process_group(pgid, sig).map_err(|e| format!("kill {id}: {e}"))
     }
 
-    pub(crate) fn stdin(&self, n: StdinNotification) {
+    /// Queues a chunk for a process's stdin; `written` is answered once it
+    /// is in the pipe (or could not be written), so the daemon's
+    /// `writeStdin` waits for the process like a pipe write would, and
+    /// nothing piles up here for a process that does not read.
+    pub(crate) fn stdin(&self, chunk: StdinChunk) {
         let mut state = self.lock();
-        let Some(tracked) = state.tracked.get_mut(&n.id) else {
+        let id = chunk.note.id.clone();
+        let Some(tracked) = state.tracked.get_mut(&id) else {
+            let _ = chunk.written.send(Err(format!("unknown process {id}")));
             return;
         };
-        let eof = n.eof;
-        if let Some(tx) = &tracked.stdin
-            && tx.send(n).is_err()
-        {
-            tracked.stdin = None;
+        let eof = chunk.note.eof;
+        match &tracked.stdin {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(chunk)) = tx.send(chunk) {
+                    tracked.stdin = None;
+                    let _ = chunk.written.send(Err(format!("stdin of {id} is closed")));
+                }
+            }
+            None => {
+                let _ = chunk.written.send(Err(format!("stdin of {id} is closed")));
+            }
         }
         if eof {
             tracked.stdin = None;
@@ -247,22 +286,12 @@ impl Children {
 
     pub(crate) fn status(&self) -> AgentStatus {
         let tracked = self.lock().tracked.len();
-        // Our own /proc: every pid but ours is a process of the sandbox.
-        let all = std::fs::read_dir("/proc")
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .bytes()
-                            .all(|b| b.is_ascii_digit())
-                    })
-                    .count()
-            })
-            .unwrap_or(1);
+        // Only processes below us count: on the host (and in a VM, with its
+        // kernel threads) /proc shows far more than ours.
+        let all = descendants::below_me().len();
         AgentStatus {
             tracked,
-            other_processes: all.saturating_sub(1 + tracked),
+            other_processes: all.saturating_sub(tracked),
         }
     }
 
@@ -271,14 +300,25 @@ impl Children {
     }
 }
 
-async fn feed_stdin(mut writer: pipe::Sender, mut rx: mpsc::UnboundedReceiver<StdinNotification>) {
-    while let Some(n) = rx.recv().await {
-        if !n.data.is_empty() && writer.write_all(n.data.as_bytes()).await.is_err() {
-            return;
+async fn feed_stdin(mut writer: pipe::Sender, mut rx: mpsc::UnboundedReceiver<StdinChunk>) {
+    while let Some(StdinChunk { note, written }) = rx.recv().await {
+        if !note.data.is_empty()
+            && let Err(e) = writer.write_all(note.data.as_bytes()).await
+        {
+            let _ = written.send(Err(format!("stdin of {}: {e}", note.id)));
+            break;
         }
-        if n.eof {
-            return;
+        let _ = written.send(Ok(()));
+        if note.eof {
+            break;
         }
+    }
+    // Dropping the writer closes the pipe (end of file for the process);
+    // whatever was still queued cannot be written any more.
+    drop(writer);
+    rx.close();
+    while let Some(StdinChunk { note, written }) = rx.recv().await {
+        let _ = written.send(Err(format!("stdin of {} is closed", note.id)));
     }
 }
 

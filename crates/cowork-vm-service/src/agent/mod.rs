@@ -1,4 +1,5 @@
-//! The agent: pid 1 of a session sandbox (and, later, init of the VM).
+//! The agent: pid 1 of a session sandbox (and, later, init of the VM), and
+//! the parent of every process of the host backend.
 //!
 //! It serves one framed channel to the daemon (a socketpair end inherited
 //! through bwrap): `spawn`, `kill`, `status` requests and `stdin`
@@ -6,6 +7,12 @@
 //! `cowork_protocol::agent`). It reaps every process in the sandbox,
 //! including background jobs re-parented to it, and exits when the channel
 //! closes, which ends the pid namespace and everything in it.
+//!
+//! On the host ([`AgentMode::Host`]) there is no pid namespace to end, so
+//! the agent makes itself a child subreaper and, when the channel closes
+//! (`stopVM`, the daemon's exit, or the daemon's death by any signal: the
+//! kernel closes its end in every case), ends every process below it
+//! ([`descendants`] explains why nothing escapes).
 //!
 //! It runs single-threaded: forking from one thread is cheap and safe, and
 //! a child's exit can never be reaped before its waiter is registered
@@ -15,15 +22,15 @@
 
 mod child_signals;
 mod children;
+mod descendants;
 mod first_request;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
-use cowork_protocol::agent::{
-    FromAgent, KillRequest, SpawnRequest, StdinNotification, ToAgent, method,
-};
+use cowork_protocol::agent::{FromAgent, KillRequest, SpawnRequest, StdinWrite, ToAgent, method};
 use cowork_protocol::frame;
 use futures::StreamExt;
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
@@ -32,6 +39,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+pub use crate::cli::AgentMode;
 use crate::framing::write_frames;
 use children::Children;
 use first_request::EarlySpawn;
@@ -39,8 +47,12 @@ use first_request::EarlySpawn;
 /// Frames queued towards the daemon.
 const OUTGOING_QUEUE: usize = 1024;
 
-/// Entry point of `cowork-vm-service agent --fd N`.
-pub fn main(fd: RawFd) -> ExitCode {
+/// How long processes get after SIGTERM when a host agent's channel
+/// closes, before everything left is killed.
+const HOST_TERMINATE_GRACE: Duration = Duration::from_secs(2);
+
+/// Entry point of `cowork-vm-service agent --fd N [--host]`.
+pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
     // Refuse anything but an open descriptor before taking ownership of it.
     // SAFETY: fcntl(F_GETFD) on an arbitrary number only queries it.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -59,10 +71,22 @@ pub fn main(fd: RawFd) -> ExitCode {
     // Processes in the sandbox run as our uid: without this they could
     // ptrace pid 1 and speak on its channel.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
-    // Inherited by every process of the sandbox: no setuid escalation.
-    if let Err(e) = rustix::thread::set_no_new_privs(true) {
-        eprintln!("cowork-vm-service agent: cannot set no_new_privs: {e}");
-        return ExitCode::from(2);
+    match mode {
+        AgentMode::Sandbox => {
+            // Inherited by every process of the sandbox: no setuid escalation.
+            if let Err(e) = rustix::thread::set_no_new_privs(true) {
+                eprintln!("cowork-vm-service agent: cannot set no_new_privs: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        AgentMode::Host => {
+            // Orphans (double forks, setsid, nohup) are re-parented to us,
+            // not to init: they stay countable and killable.
+            if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+                eprintln!("cowork-vm-service agent: cannot become a child subreaper: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     let early = match first_request::take(&channel) {
         Ok(early) => early,
@@ -81,7 +105,7 @@ pub fn main(fd: RawFd) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(serve(channel, early)) {
+    match runtime.block_on(serve(channel, early, mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cowork-vm-service agent: {e}");
@@ -90,7 +114,11 @@ pub fn main(fd: RawFd) -> ExitCode {
     }
 }
 
-async fn serve(channel: OwnedFd, early: Option<EarlySpawn>) -> std::io::Result<()> {
+async fn serve(
+    channel: OwnedFd,
+    early: Option<EarlySpawn>,
+    mode: AgentMode,
+) -> std::io::Result<()> {
     let std_stream = std::os::unix::net::UnixStream::from(channel);
     std_stream.set_nonblocking(true)?;
     let (read_half, write_half) = UnixStream::from_std(std_stream)?.into_split();
@@ -102,7 +130,7 @@ async fn serve(channel: OwnedFd, early: Option<EarlySpawn>) -> std::io::Result<(
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
     .await;
-    let children = Children::start(out.clone())?;
+    let children = Children::start(out.clone(), mode)?;
     if let Some(early) = early {
         // Settled before anything else runs (the reaper included).
         let outcome = children.settle(early.launched).await;
@@ -113,23 +141,46 @@ async fn serve(channel: OwnedFd, early: Option<EarlySpawn>) -> std::io::Result<(
     while let Some(next) = frames.next().await {
         let Ok(body) = next else { break };
         match serde_json::from_slice::<ToAgent>(&body) {
+            Ok(ToAgent::Request { id, method, params }) if method == method::STDIN => {
+                // Answered when written, without holding up the requests
+                // behind it (the process may not be reading).
+                match serde_json::from_value::<StdinWrite>(params) {
+                    Ok(note) => {
+                        let (written, done) = tokio::sync::oneshot::channel();
+                        children.stdin(children::StdinChunk { note, written });
+                        let out = out.clone();
+                        tokio::spawn(async move {
+                            let outcome = done
+                                .await
+                                .unwrap_or_else(|_| Err("stdin writer gone".into()));
+                            out.respond(id, outcome.map(|()| json!({}))).await;
+                        });
+                    }
+                    Err(e) => out.respond(id, Err(e.to_string())).await,
+                }
+            }
             Ok(ToAgent::Request { id, method, params }) => {
                 let outcome = handle(&children, &method, params).await;
                 out.respond(id, outcome).await;
-            }
-            Ok(ToAgent::Notification { method, params }) if method == method::STDIN => {
-                if let Ok(n) = serde_json::from_value::<StdinNotification>(params) {
-                    children.stdin(n);
-                }
             }
             // Unknown notifications and malformed frames are ignored: the
             // daemon is the only peer and a newer one may send more.
             Ok(ToAgent::Notification { .. }) | Err(_) => {}
         }
     }
-    // The daemon is gone: returning ends pid 1 and with it the sandbox.
-    drop(out);
-    writer.abort();
+    match mode {
+        // The daemon is gone: returning ends pid 1 and with it the sandbox.
+        AgentMode::Sandbox => writer.abort(),
+        AgentMode::Host => {
+            // Nothing ends with us on the host: end every process below
+            // us, then let the exit events reach the daemon if it still
+            // listens (stopVM), but never wait long for a dead one.
+            children.terminate_all(HOST_TERMINATE_GRACE).await;
+            drop(children);
+            drop(out);
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        }
+    }
     Ok(())
 }
 

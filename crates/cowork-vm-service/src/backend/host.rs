@@ -1,59 +1,124 @@
-//! The host backend: processes run directly on the host, as children of the
-//! daemon, with no isolation. Guest paths in the working directory, the
-//! environment and the arguments are translated to host paths.
+//! The host backend: processes run directly on the host, with no
+//! isolation. Guest paths in the working directory, the environment and
+//! the arguments are translated to host paths.
 //!
-//! Each child leads its own process group (`kill` signals the group). It
-//! is started with `posix_spawn` (no `pre_exec`, so std can use vfork: a
-//! fork of the multi-threaded daemon costs more than the whole spawn), and
-//! its group is registered with the [`OrphanGuard`], which kills it if the
-//! daemon dies on `kill -9`. A grandchild that leaves its group survives
-//! that; the bwrap backend contains everything in a pid namespace.
+//! They are started by one agent of ours (`cowork-vm-service agent --fd 0
+//! --host`), the same one that is pid 1 of a bwrap sandbox, here running
+//! unconfined on the host as a child subreaper. Each process leads its
+//! own group (`kill` signals the group). When `stopVM` closes the agent's
+//! channel, or the daemon dies however it dies (the kernel closes the
+//! daemon's end of the socketpair even after `kill -9`), the agent ends
+//! every process below it, background jobs that left their group or
+//! session included (see `agent::descendants` for why that is complete),
+//! and exits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cowork_policy::args::clean_spawn_args;
 use cowork_policy::command::{resolve_command, resolve_work_dir};
 use cowork_policy::env::translate_for_host;
 use cowork_policy::selection::BackendKind;
+use cowork_protocol::agent::SpawnRequest;
 use cowork_protocol::params::StartVmParams;
 use rustix::process::{Pid, Signal, kill_process_group};
-use tokio::io::AsyncWriteExt;
-use tokio::process::{ChildStdin, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
+use tokio::sync::watch;
 
+use super::agent_link::{self, AgentLink, AgentProcess};
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
-use crate::child_setup::exec_failure_code;
-use crate::orphan_guard::OrphanGuard;
 use crate::process_events::ProcessEvents;
-use crate::processes::{ControlError, ProcessControl};
 use crate::real_fs::RealFs;
-use crate::supervise::{ExitInfo, supervise};
+
+/// How long `stopVM` waits for the agent to end everything (it gives
+/// processes a 2 s grace after SIGTERM) before killing it outright.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running host agent.
+struct HostAgent {
+    link: Arc<AgentLink>,
+    pid: Pid,
+    exited: watch::Receiver<bool>,
+}
 
 pub struct HostBackend {
-    home: std::path::PathBuf,
+    home: PathBuf,
+    agent_binary: Option<PathBuf>,
     running: VmFlags,
-    guard: Option<Arc<OrphanGuard>>,
+    agent: tokio::sync::Mutex<Option<HostAgent>>,
 }
 
 impl HostBackend {
-    pub fn new(home: std::path::PathBuf) -> Self {
+    pub fn new(home: PathBuf) -> Self {
+        let agent_binary = match std::env::current_exe().and_then(std::fs::canonicalize) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!("cannot locate this executable to start the host agent: {e}");
+                None
+            }
+        };
         Self {
             home,
+            agent_binary,
             running: VmFlags::default(),
-            guard: match OrphanGuard::start() {
-                Ok(g) => Some(Arc::new(g)),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot start the orphan guard ({e}): host processes may outlive a killed daemon"
-                    );
-                    None
-                }
-            },
+            agent: tokio::sync::Mutex::new(None),
         }
     }
+
+    /// The live agent, starting one if there is none.
+    async fn agent(&self, events: &ProcessEvents) -> Result<Arc<AgentLink>, String> {
+        let mut slot = self.agent.lock().await;
+        if let Some(agent) = slot.as_ref()
+            && agent.link.is_alive()
+        {
+            return Ok(agent.link.clone());
+        }
+        let binary = self
+            .agent_binary
+            .as_ref()
+            .ok_or("this executable could not be located, so the host agent cannot start")?;
+        let agent = start_agent(binary, events.clone())?;
+        let link = agent.link.clone();
+        *slot = Some(agent);
+        Ok(link)
+    }
+}
+
+fn start_agent(binary: &Path, events: ProcessEvents) -> Result<HostAgent, String> {
+    let (daemon_end, agent_end) =
+        agent_link::channel().map_err(|e| format!("host agent channel: {e}"))?;
+    let mut child = Command::new(binary)
+        .args(["agent", "--fd", "0", "--host"])
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(agent_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Its own group: a Ctrl-C meant for `run` must not reach it.
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| format!("cannot start the host agent {}: {e}", binary.display()))?;
+    let pid = child
+        .id()
+        .and_then(|p| Pid::from_raw(p as i32))
+        .ok_or("the host agent has no pid")?;
+    let (done, exited) = watch::channel(false);
+    tokio::spawn(async move {
+        match child.wait().await {
+            Ok(status) => tracing::debug!("host agent exited: {status}"),
+            Err(e) => tracing::warn!("waiting for the host agent: {e}"),
+        }
+        let _ = done.send(true);
+    });
+    Ok(HostAgent {
+        link: AgentLink::start(daemon_end, events),
+        pid,
+        exited,
+    })
 }
 
 #[async_trait]
@@ -73,6 +138,16 @@ impl Backend for HostBackend {
 
     async fn stop(&self) {
         self.running.set(false);
+        let Some(mut agent) = self.agent.lock().await.take() else {
+            return;
+        };
+        // Closing the channel makes the agent end every process below it.
+        agent.link.close();
+        let ended = tokio::time::timeout(STOP_TIMEOUT, agent.exited.wait_for(|e| *e)).await;
+        if !matches!(ended, Ok(Ok(_))) {
+            tracing::warn!("the host agent did not finish within {STOP_TIMEOUT:?}; killing it");
+            let _ = kill_process_group(agent.pid, Signal::KILL);
+        }
     }
 
     fn is_running(&self) -> bool {
@@ -118,20 +193,36 @@ impl Backend for HostBackend {
             args,
             cwd.display()
         );
-        match start_child(
-            &program,
-            &args,
-            &env,
-            &cwd,
-            job.id.clone(),
-            events.clone(),
-            self.guard.clone(),
-        ) {
-            Ok(control) => Ok(Spawned::Running(control)),
+        let link = match self.agent(&events).await {
+            Ok(link) => link,
+            Err(message) => {
+                tracing::error!("spawn {}: {message}", job.id);
+                events.failed_to_start(&job.id, &message, 126).await;
+                return Ok(Spawned::Ended);
+            }
+        };
+        let request = SpawnRequest {
+            id: job.id.clone(),
+            command: program.to_string_lossy().into_owned(),
+            args,
+            env,
+            cwd: cwd.to_string_lossy().into_owned(),
+        };
+        let params = serde_json::to_value(&request).map_err(|e| BackendError::Session {
+            session: job.session.clone(),
+            reason: e.to_string(),
+        })?;
+        link.track(&job.id);
+        match link.spawn(&job.id, params).await {
+            Ok(_) => Ok(Spawned::Running(Arc::new(AgentProcess {
+                id: job.id,
+                link,
+            }))),
             Err(e) => {
-                let code = exec_failure_code(&e);
-                let message = format!("cannot execute {}: {e}", program.display());
-                events.failed_to_start(&job.id, &message, code).await;
+                link.untrack(&job.id);
+                let message = format!("the host agent failed: {e}");
+                tracing::error!("spawn {}: {message}", job.id);
+                events.failed_to_start(&job.id, &message, 126).await;
                 Ok(Spawned::Ended)
             }
         }
@@ -139,109 +230,5 @@ impl Backend for HostBackend {
 
     fn mount_path_reply(&self, _session: Option<&str>, _mount_name: &str, host: &Path) -> String {
         host.to_string_lossy().into_owned()
-    }
-}
-
-/// Starts one child and the task that streams its output and reports its
-/// exit. Must run inside the runtime (the pipes and the wait are tokio's).
-fn start_child(
-    program: &Path,
-    args: &[String],
-    env: &cowork_policy::env::EnvMap,
-    cwd: &Path,
-    id: String,
-    events: ProcessEvents,
-    guard: Option<Arc<OrphanGuard>>,
-) -> std::io::Result<Arc<dyn ProcessControl>> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let mut child = cmd.spawn()?;
-    let pid = child
-        .id()
-        .and_then(|p| Pid::from_raw(p as i32))
-        .ok_or_else(|| std::io::Error::other("child has no pid"))?;
-    if let Some(g) = &guard {
-        g.register(pid);
-    }
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let stdin = child.stdin.take();
-    let (stdin_tx, stdin_rx) = mpsc::channel(64);
-    if let Some(stdin) = stdin {
-        tokio::spawn(feed_stdin(stdin, stdin_rx));
-    }
-    let wait = async move {
-        let status = child.wait().await;
-        if let Some(g) = &guard {
-            g.unregister(pid);
-        }
-        match status {
-            Ok(status) => ExitInfo::from_status(status),
-            Err(e) => {
-                tracing::error!("waiting for pid {}: {e}", pid.as_raw_nonzero());
-                ExitInfo {
-                    code: None,
-                    signal: None,
-                }
-            }
-        }
-    };
-    tokio::spawn(supervise(id.clone(), stdout, stderr, wait, events));
-    Ok(Arc::new(HostProcess {
-        id,
-        pgid: pid,
-        stdin: stdin_tx,
-    }))
-}
-
-struct StdinChunk {
-    data: String,
-    eof: bool,
-}
-
-async fn feed_stdin(mut stdin: ChildStdin, mut rx: mpsc::Receiver<StdinChunk>) {
-    while let Some(chunk) = rx.recv().await {
-        if !chunk.data.is_empty() && stdin.write_all(chunk.data.as_bytes()).await.is_err() {
-            break;
-        }
-        if chunk.eof {
-            break;
-        }
-    }
-    // Dropping `stdin` closes the pipe: the child sees end-of-file.
-}
-
-struct HostProcess {
-    id: String,
-    pgid: Pid,
-    stdin: mpsc::Sender<StdinChunk>,
-}
-
-#[async_trait]
-impl ProcessControl for HostProcess {
-    async fn signal(&self, signal: i32) -> Result<(), ControlError> {
-        let sig = Signal::from_named_raw(signal).ok_or_else(|| ControlError::Signal {
-            id: self.id.clone(),
-            reason: format!("unsupported signal {signal}"),
-        })?;
-        kill_process_group(self.pgid, sig).map_err(|e| ControlError::Signal {
-            id: self.id.clone(),
-            reason: e.to_string(),
-        })
-    }
-
-    async fn write_stdin(&self, data: String, eof: bool) -> Result<(), ControlError> {
-        self.stdin
-            .send(StdinChunk { data, eof })
-            .await
-            .map_err(|_| ControlError::StdinClosed(self.id.clone()))
     }
 }

@@ -9,6 +9,7 @@
 //!   agent as pid 1;
 //! * `kvm`: not in this build; selecting it gives a clear error.
 
+pub mod agent_link;
 pub mod bwrap;
 pub mod host;
 pub mod probe;

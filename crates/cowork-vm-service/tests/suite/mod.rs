@@ -3,5 +3,7 @@ pub mod harness;
 mod bwrap;
 mod doctor;
 mod host;
+mod launcher;
 mod lifecycle;
 mod protocol;
+mod run;

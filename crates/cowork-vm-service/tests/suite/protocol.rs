@@ -170,11 +170,16 @@ fn every_method_answers_with_the_shapes_the_client_reads() {
         json!({"processName": "bold-sharp-clarke", "filePath": "/sessions/bold-sharp-clarke/mnt/proj/a.txt"}),
     );
     assert_eq!(read, json!({"content": "aGVsbG8="}));
-    let sdk = c.request(
-        "installSdk",
-        json!({"sdkSubpath": d.subpath(".config/Claude/claude-code-vm"), "version": "2.1.87"}),
+    // No SDK binary there: accepted like the reference (step 4 of the
+    // client's boot); a spawn of `claude` later says where it was expected.
+    assert_eq!(
+        ok(
+            &mut c,
+            "installSdk",
+            json!({"sdkSubpath": d.subpath(".config/Claude/claude-code-vm"), "version": "2.1.87"}),
+        ),
+        json!({})
     );
-    assert_eq!(sdk["success"], false, "no SDK binary there: {sdk}");
     assert_eq!(
         ok(&mut c, "addApprovedOauthToken", json!({"token": "t"})),
         json!({})
@@ -183,13 +188,13 @@ fn every_method_answers_with_the_shapes_the_client_reads() {
         ok(&mut c, "setDebugLogging", json!({"enabled": true})),
         json!({})
     );
-    let guest = c.request("sendGuestResponse", json!({"id": 99, "resultJson": "{}"}));
-    assert_eq!(guest["success"], false);
-    assert!(
-        guest["error"]
-            .as_str()
-            .unwrap()
-            .contains("Unknown guest request id: 99")
+    assert_eq!(
+        ok(
+            &mut c,
+            "sendGuestResponse",
+            json!({"id": 99, "resultJson": "{}"})
+        ),
+        json!({})
     );
     let info = ok(&mut c, "getSessionsDiskInfo", json!({"lowWaterBytes": 0}));
     assert!(info["totalBytes"].as_u64().unwrap() > 0);

@@ -13,7 +13,6 @@
 //! and is then torn down. Idle sandboxes (no processes at all, background
 //! jobs included) are torn down after `COWORK_VM_IDLE_TIMEOUT_SECS`.
 
-mod link;
 mod sandbox;
 
 use std::collections::{HashMap, HashSet};
@@ -27,15 +26,14 @@ use cowork_policy::bwrap_argv::{host_layout, sandbox_work_dir, sdk_dir, session_
 use cowork_policy::bwrap_config::load_bwrap_mounts;
 use cowork_policy::fs_view::FsView;
 use cowork_policy::selection::BackendKind;
-use cowork_protocol::agent::{AgentStatus, SpawnRequest, StdinNotification, method};
+use cowork_protocol::agent::{AgentStatus, SpawnRequest, method};
 use cowork_protocol::params::StartVmParams;
 use serde_json::json;
 
+use super::agent_link::AgentProcess;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
-use crate::processes::{ControlError, ProcessControl};
 use crate::real_fs::RealFs;
-use link::AgentLink;
 use sandbox::{Sandbox, SandboxEnv, SandboxKey};
 
 /// Default idle time before a session sandbox is torn down.
@@ -45,6 +43,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct BwrapSettings {
     pub bwrap: PathBuf,
+    /// Why bubblewrap is expected to fail (its start-up probe failed under
+    /// a `COWORK_VM_BACKEND=bwrap` override): named in every failed spawn.
+    pub diagnosis: Option<String>,
     pub home: PathBuf,
     pub config_file: PathBuf,
     pub path_var: Option<String>,
@@ -89,6 +90,7 @@ impl Slot {
 
 pub struct BwrapBackend {
     env: SandboxEnv,
+    diagnosis: Option<String>,
     running: VmFlags,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     generation: AtomicU64,
@@ -124,6 +126,7 @@ impl BwrapBackend {
             }
         };
         let backend = Arc::new(Self {
+            diagnosis: settings.diagnosis,
             env: SandboxEnv {
                 bwrap: settings.bwrap,
                 agent_binary,
@@ -138,6 +141,18 @@ impl BwrapBackend {
         });
         tokio::spawn(reap_idle(Arc::downgrade(&backend), settings.idle_timeout));
         Ok(backend)
+    }
+
+    /// A failed spawn's message, with the start-up diagnosis when there is
+    /// one.
+    fn failure_message(&self, message: String) -> String {
+        match &self.diagnosis {
+            Some(cause) => format!(
+                "{message} (bubblewrap failed its start-up probe: {cause}; run `cowork-vm-service \
+                 --doctor`)"
+            ),
+            None => message,
+        }
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
@@ -309,29 +324,31 @@ impl Backend for BwrapBackend {
 
     async fn spawn(&self, job: SpawnJob, events: ProcessEvents) -> Result<Spawned, BackendError> {
         let fs = RealFs;
+        // `claude` runs the SDK binary; when it is missing the agent looks
+        // on PATH and otherwise reports this path as not found (exit 127).
         let command = match &job.sdk_binary {
             Some(sdk)
                 if Path::new(&job.command)
                     .file_name()
-                    .is_some_and(|n| n == "claude")
-                    && fs.exists(sdk) =>
+                    .is_some_and(|n| n == "claude") =>
             {
                 sdk.to_string_lossy().into_owned()
             }
             _ => job.command.clone(),
         };
+        let installed_sdk = job.sdk_binary.as_deref().filter(|sdk| fs.exists(sdk));
         let key = SandboxKey {
             mounts: job.mounts.clone(),
-            sdk_dir: sdk_dir(job.sdk_binary.as_deref()),
+            sdk_dir: sdk_dir(installed_sdk),
             skeleton_home: job.mount_skeleton_home,
         };
         let sandbox = match self.sandbox_for(&job, key, &events).await {
             Ok(s) => s,
             Err(reason) => {
-                let message = format!(
+                let message = self.failure_message(format!(
                     "cannot start the sandbox of session {}: {reason}",
                     job.session
-                );
+                ));
                 tracing::error!("{message}");
                 events.failed_to_start(&job.id, &message, 126).await;
                 return Ok(Spawned::Ended);
@@ -353,8 +370,8 @@ impl Backend for BwrapBackend {
         })?;
         sandbox.touch();
         sandbox.link.track(&job.id);
-        match sandbox.link.request(method::SPAWN, params).await {
-            Ok(_) => Ok(Spawned::Running(Arc::new(SandboxProcess {
+        match sandbox.link.spawn(&job.id, params).await {
+            Ok(_) => Ok(Spawned::Running(Arc::new(AgentProcess {
                 id: job.id,
                 link: sandbox.link.clone(),
             }))),
@@ -365,7 +382,8 @@ impl Backend for BwrapBackend {
                 } else {
                     sandbox.failure_reason().await
                 };
-                let message = format!("sandbox of session {}: {reason}", job.session);
+                let message =
+                    self.failure_message(format!("sandbox of session {}: {reason}", job.session));
                 tracing::error!("spawn {}: {message}", job.id);
                 events.failed_to_start(&job.id, &message, 126).await;
                 Ok(Spawned::Ended)
@@ -400,39 +418,5 @@ impl Backend for BwrapBackend {
                 empty
             }
         }
-    }
-}
-
-/// A process running in a session sandbox.
-struct SandboxProcess {
-    id: String,
-    link: Arc<AgentLink>,
-}
-
-#[async_trait]
-impl ProcessControl for SandboxProcess {
-    async fn signal(&self, signal: i32) -> Result<(), ControlError> {
-        self.link
-            .request(method::KILL, json!({"id": self.id, "signal": signal}))
-            .await
-            .map(|_| ())
-            .map_err(|e| ControlError::Signal {
-                id: self.id.clone(),
-                reason: e.to_string(),
-            })
-    }
-
-    async fn write_stdin(&self, data: String, eof: bool) -> Result<(), ControlError> {
-        let note = StdinNotification {
-            id: self.id.clone(),
-            data,
-            eof,
-        };
-        let params =
-            serde_json::to_value(note).map_err(|_| ControlError::StdinClosed(self.id.clone()))?;
-        self.link
-            .notify(method::STDIN, params)
-            .await
-            .map_err(|_| ControlError::SandboxGone(self.id.clone()))
     }
 }

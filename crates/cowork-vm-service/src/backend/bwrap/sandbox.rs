@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use cowork_policy::bwrap_argv::{HostLayout, SandboxPlan, sandbox_argv};
 use cowork_policy::bwrap_config::BwrapMountsConfig;
 use cowork_policy::mounts::{Mount, MountMap};
-use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
 use tokio::process::Command;
 
-use super::link::AgentLink;
+use crate::backend::agent_link::{self, AgentLink};
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
 
@@ -67,13 +65,8 @@ impl Sandbox {
             dirs.ensure_home()
                 .map_err(|e| format!("cannot create {}: {e}", dirs.home.display()))?;
         }
-        let (daemon_end, agent_end) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| format!("socketpair: {e}"))?;
+        let (daemon_end, agent_end) =
+            agent_link::channel().map_err(|e| format!("agent channel: {e}"))?;
         // The agent's end becomes bwrap's stdin, which bwrap hands on to
         // the agent: no pre_exec, so std spawns with posix_spawn (vfork)
         // instead of forking the multi-threaded daemon. No PDEATHSIG is
@@ -144,12 +137,7 @@ impl Sandbox {
                 Err(e) => tracing::warn!("session {name}: waiting for bwrap: {e}"),
             }
         });
-        let std_stream = std::os::unix::net::UnixStream::from(daemon_end);
-        std_stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("agent channel: {e}"))?;
-        let stream = UnixStream::from_std(std_stream).map_err(|e| format!("agent channel: {e}"))?;
-        let link = AgentLink::start(stream, events);
+        let link = AgentLink::start(daemon_end, events);
         Ok(Arc::new(Self {
             generation,
             key,

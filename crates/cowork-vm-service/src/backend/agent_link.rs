@@ -1,32 +1,55 @@
 //! The daemon's end of an agent channel: numbered requests with replies,
 //! notifications, and the agent's process events routed into the
-//! daemon's process table and event hub.
+//! daemon's process table and event hub. Shared by every backend that runs
+//! its processes through our agent (bwrap: pid 1 of each sandbox; host:
+//! one agent on the host).
 //!
 //! The agent runs next to untrusted processes, so what it says is checked:
 //! events are accepted only for process ids this sandbox was asked to run.
 //! When the channel closes (the sandbox died or was torn down), pending
-//! requests fail and every process still running there is reported as
-//! killed.
+//! requests fail and every process the agent confirmed as started is
+//! reported as killed; one whose spawn was still unanswered is reported by
+//! its spawner, with the reason (once: a start failure is not also a kill).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use cowork_policy::signal::{SIGKILL, parse_signal};
-use cowork_protocol::agent::{FromAgent, ToAgent};
+use cowork_protocol::agent::{FromAgent, StdinWrite, ToAgent, method};
 use cowork_protocol::event::Stream;
 use cowork_protocol::frame;
 use futures::StreamExt;
-use serde_json::Value;
+use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+use serde_json::{Value, json};
+use std::os::fd::OwnedFd;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
 use crate::framing::write_frames;
 use crate::process_events::ProcessEvents;
+use crate::processes::{ControlError, ProcessControl};
 use crate::supervise::{ExitInfo, OutputSink};
+
+/// A new agent's channel: the daemon's end, ready for
+/// [`AgentLink::start`], and the agent's end (both close-on-exec; the
+/// agent's end is handed over as the agent process's stdin, which
+/// posix_spawn sets up without a `pre_exec`).
+pub fn channel() -> std::io::Result<(UnixStream, OwnedFd)> {
+    let (daemon_end, agent_end) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let std_stream = std::os::unix::net::UnixStream::from(daemon_end);
+    std_stream.set_nonblocking(true)?;
+    Ok((UnixStream::from_std(std_stream)?, agent_end))
+}
 
 /// How long a request to the agent may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,8 +68,11 @@ type Reply = Result<Value, String>;
 
 struct LinkState {
     pending: HashMap<u64, oneshot::Sender<Reply>>,
-    /// Client ids of processes started here and not yet exited.
-    running: HashSet<String>,
+    /// Client ids of processes asked for here and not yet exited, with
+    /// whether the agent has confirmed starting them.
+    running: HashMap<String, bool>,
+    /// Pending `spawn` requests: request id -> process id.
+    spawning: HashMap<u64, String>,
 }
 
 pub struct AgentLink {
@@ -68,7 +94,8 @@ impl AgentLink {
             alive: AtomicBool::new(true),
             state: Mutex::new(LinkState {
                 pending: HashMap::new(),
-                running: HashSet::new(),
+                running: HashMap::new(),
+                spawning: HashMap::new(),
             }),
         });
         let reader = link.clone();
@@ -96,7 +123,7 @@ impl AgentLink {
 
     /// Marks `id` as a process of this sandbox (before asking for it).
     pub fn track(&self, id: &str) {
-        self.lock().running.insert(id.to_string());
+        self.lock().running.insert(id.to_string(), false);
     }
 
     pub fn untrack(&self, id: &str) {
@@ -122,12 +149,35 @@ impl AgentLink {
     }
 
     pub async fn request(&self, method: &str, params: Value) -> Result<Value, LinkError> {
+        self.request_for(method, params, None, Some(REQUEST_TIMEOUT))
+            .await
+    }
+
+    /// Asks the agent to start process `id` (tracked with [`Self::track`]).
+    pub async fn spawn(&self, id: &str, params: Value) -> Result<Value, LinkError> {
+        self.request_for(method::SPAWN, params, Some(id), Some(REQUEST_TIMEOUT))
+            .await
+    }
+
+    async fn request_for(
+        &self,
+        method: &str,
+        params: Value,
+        spawn_of: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, LinkError> {
         if !self.is_alive() {
             return Err(LinkError::Closed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.lock().pending.insert(id, reply_tx);
+        {
+            let mut state = self.lock();
+            state.pending.insert(id, reply_tx);
+            if let Some(process) = spawn_of {
+                state.spawning.insert(id, process.to_string());
+            }
+        }
         let sent = self
             .send(&ToAgent::Request {
                 id,
@@ -136,10 +186,16 @@ impl AgentLink {
             })
             .await;
         if let Err(e) = sent {
-            self.lock().pending.remove(&id);
+            let mut state = self.lock();
+            state.pending.remove(&id);
+            state.spawning.remove(&id);
             return Err(e);
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, reply_rx).await {
+        let reply = match timeout {
+            Some(limit) => tokio::time::timeout(limit, reply_rx).await,
+            None => Ok(reply_rx.await),
+        };
+        match reply {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(error))) => Err(LinkError::Refused {
                 method: method.to_string(),
@@ -147,18 +203,15 @@ impl AgentLink {
             }),
             Ok(Err(_)) => Err(LinkError::Closed),
             Err(_) => {
-                self.lock().pending.remove(&id);
-                Err(LinkError::Timeout(method.to_string(), REQUEST_TIMEOUT))
+                let mut state = self.lock();
+                state.pending.remove(&id);
+                state.spawning.remove(&id);
+                Err(LinkError::Timeout(
+                    method.to_string(),
+                    timeout.unwrap_or_default(),
+                ))
             }
         }
-    }
-
-    pub async fn notify(&self, method: &str, params: Value) -> Result<(), LinkError> {
-        self.send(&ToAgent::Notification {
-            method: method.to_string(),
-            params,
-        })
-        .await
     }
 
     /// Closes the channel: the agent exits and the sandbox with it.
@@ -167,13 +220,24 @@ impl AgentLink {
     }
 
     async fn dispatch(&self, message: FromAgent, events: &ProcessEvents) {
-        let is_ours = |id: &str| self.lock().running.contains(id);
+        let is_ours = |id: &str| self.lock().running.contains_key(id);
         match message {
             FromAgent::Ready { pid, version } => {
                 tracing::debug!("sandbox agent ready (pid {pid}, version {version})");
             }
             FromAgent::Response { id, result, error } => {
-                let waiter = self.lock().pending.remove(&id);
+                let waiter = {
+                    let mut state = self.lock();
+                    // A started process is confirmed before its spawner
+                    // wakes: from here a closing channel reports it.
+                    if let Some(process) = state.spawning.remove(&id)
+                        && error.is_none()
+                        && let Some(confirmed) = state.running.get_mut(&process)
+                    {
+                        *confirmed = true;
+                    }
+                    state.pending.remove(&id)
+                };
                 if let Some(w) = waiter {
                     let _ = w.send(match error {
                         Some(e) => Err(e),
@@ -191,7 +255,7 @@ impl AgentLink {
                 events.error(&id, message).await;
             }
             FromAgent::Exit { id, code, signal } => {
-                let was_running = self.lock().running.remove(&id);
+                let was_running = self.lock().running.remove(&id).is_some();
                 if was_running {
                     let signal = signal.map(|s| parse_signal(&s).number());
                     events.exited(&id, ExitInfo { code, signal }).await;
@@ -211,8 +275,19 @@ impl AgentLink {
         let (pending, running) = {
             let mut state = self.lock();
             let pending: Vec<_> = state.pending.drain().map(|(_, w)| w).collect();
-            let running: Vec<_> = state.running.drain().collect();
-            (pending, running)
+            state.spawning.clear();
+            // Unconfirmed ones stay: their spawner reports them and
+            // untracks them.
+            let confirmed: Vec<String> = state
+                .running
+                .iter()
+                .filter(|(_, confirmed)| **confirmed)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &confirmed {
+                state.running.remove(id);
+            }
+            (pending, confirmed)
         };
         drop(pending);
         for id in running {
@@ -225,6 +300,47 @@ impl AgentLink {
                     },
                 )
                 .await;
+        }
+    }
+}
+
+/// A process an agent runs for the daemon.
+pub struct AgentProcess {
+    pub id: String,
+    pub link: Arc<AgentLink>,
+}
+
+#[async_trait]
+impl ProcessControl for AgentProcess {
+    async fn signal(&self, signal: i32) -> Result<(), ControlError> {
+        self.link
+            .request(method::KILL, json!({"id": self.id, "signal": signal}))
+            .await
+            .map(|_| ())
+            .map_err(|e| ControlError::Signal {
+                id: self.id.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn write_stdin(&self, data: String, eof: bool) -> Result<(), ControlError> {
+        let note = StdinWrite {
+            id: self.id.clone(),
+            data,
+            eof,
+        };
+        let params =
+            serde_json::to_value(note).map_err(|_| ControlError::StdinClosed(self.id.clone()))?;
+        // No time limit: like a pipe write, this waits for the process to
+        // read (or to exit, which fails it).
+        match self
+            .link
+            .request_for(method::STDIN, params, None, None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(LinkError::Refused { .. }) => Err(ControlError::StdinClosed(self.id.clone())),
+            Err(_) => Err(ControlError::SandboxGone(self.id.clone())),
         }
     }
 }
