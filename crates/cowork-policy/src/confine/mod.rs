@@ -34,6 +34,7 @@
 //! (`--setenv` in the bwrap command line). The agent's children never see
 //! it: the agent spawns them with a cleared environment.
 
+mod bpf;
 pub mod cgroup;
 pub mod landlock;
 pub mod limits;
@@ -75,6 +76,93 @@ impl ConfinePlan {
     }
 }
 
+/// What the agent's confinement achieved, for `getDaemonInfo` and
+/// `--doctor` (filled by `agent/confine.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfineReport {
+    pub landlock: LandlockReport,
+    pub seccomp: SeccompReport,
+}
+
+/// How much of a Landlock plan the kernel enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// Every requested right and scope.
+    Full,
+    /// Some (an older ABI than [`landlock::TARGET_ABI`]).
+    Partial,
+    /// None: no Landlock in this kernel (or disabled at boot).
+    None,
+}
+
+/// The Landlock part of a [`ConfineReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockReport {
+    pub enforcement: Enforcement,
+    /// The kernel's ABI as far as the landlock crate knows it (0: none).
+    pub kernel_abi: u32,
+    /// The ABI the plan's rights are written for.
+    pub target_abi: u32,
+    /// Rules added.
+    pub rules: usize,
+    /// Plan paths that could not be opened inside the sandbox (so they
+    /// get no access at all), with the reason.
+    pub skipped: Vec<SkippedPath>,
+    /// Abstract Unix sockets and signals scoped to the sandbox.
+    pub scoped: bool,
+    pub micros: u64,
+}
+
+/// A plan path left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedPath {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The seccomp part of a [`ConfineReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompReport {
+    /// False when the plan asked for none.
+    pub installed: bool,
+    pub arch: String,
+    pub programs: usize,
+    pub instructions: usize,
+    pub micros: u64,
+}
+
+impl ConfineReport {
+    /// One line for logs and `--doctor`.
+    pub fn summary(&self) -> String {
+        let l = &self.landlock;
+        let landlock = match l.enforcement {
+            Enforcement::Full => format!("landlock fully enforced (ABI {})", l.kernel_abi),
+            Enforcement::Partial => format!(
+                "landlock partially enforced (kernel ABI {}, rules for ABI {})",
+                l.kernel_abi, l.target_abi
+            ),
+            Enforcement::None => "landlock not enforced (not in this kernel)".to_string(),
+        };
+        let skipped = if l.skipped.is_empty() {
+            String::new()
+        } else {
+            let paths: Vec<&str> = l.skipped.iter().map(|s| s.path.as_str()).collect();
+            format!(", skipped {}", paths.join(" "))
+        };
+        let s = &self.seccomp;
+        let seccomp = if s.installed {
+            format!(
+                "seccomp {} filters, {} instructions ({})",
+                s.programs, s.instructions, s.arch
+            )
+        } else {
+            "seccomp off".to_string()
+        };
+        format!("{landlock}{skipped}; {seccomp}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +189,52 @@ mod tests {
         assert_eq!(ConfinePlan::from_json(&json).unwrap(), plan);
         assert!(plan.seccomp);
         assert!(ConfinePlan::from_json("{}").is_err());
+    }
+
+    #[test]
+    fn report_summary_table() {
+        let report = |enforcement, skipped: Vec<SkippedPath>, installed| ConfineReport {
+            landlock: LandlockReport {
+                enforcement,
+                kernel_abi: 5,
+                target_abi: 7,
+                rules: 20,
+                skipped,
+                scoped: false,
+                micros: 40,
+            },
+            seccomp: SeccompReport {
+                installed,
+                arch: "x86_64".into(),
+                programs: 3,
+                instructions: 289,
+                micros: 30,
+            },
+        };
+        let cases = [
+            (
+                report(Enforcement::Full, vec![], true),
+                "landlock fully enforced (ABI 5); seccomp 3 filters, 289 instructions (x86_64)",
+            ),
+            (
+                report(
+                    Enforcement::Partial,
+                    vec![SkippedPath {
+                        path: "/nix".into(),
+                        reason: "No such file or directory".into(),
+                    }],
+                    true,
+                ),
+                "landlock partially enforced (kernel ABI 5, rules for ABI 7), skipped /nix; \
+                 seccomp 3 filters, 289 instructions (x86_64)",
+            ),
+            (
+                report(Enforcement::None, vec![], false),
+                "landlock not enforced (not in this kernel); seccomp off",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(r.summary(), want);
+        }
     }
 }
