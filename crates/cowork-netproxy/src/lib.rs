@@ -14,6 +14,25 @@
 //! through its [`Dialer`]. A refusal is a 403 (HTTP) or reply 0x02
 //! (SOCKS5), and is reported to the context's [`DenialSink`].
 //!
+//! Wiring, for the daemon:
+//!
+//! * one [`ProxyContext`] per sandbox (session label, the spawn's
+//!   `Arc<AllowList>`, the hint text, a clone of the daemon-wide
+//!   [`OwnAddresses`], a shared [`DenialSink`]); key sandboxes by
+//!   [`AllowList::key`](cowork_policy::net::AllowList::key);
+//! * [`ProxyContext::with_proxy_endpoints`] takes the addresses at which
+//!   the proxy can be reached *from the namespace it dials in*: none for
+//!   listeners that live in a sandbox's own namespace (the host's
+//!   `127.0.0.1:3128` is another socket), the bound addresses when the
+//!   listeners share the dialling namespace (a standalone or host-backend
+//!   proxy);
+//! * `tokio::spawn(serve_listener(listener, Protocol::Http, ctx))` per
+//!   handed-over listener, aborting the task when the sandbox goes away
+//!   (its connections end with it); [`serve_stream`] for streams from a
+//!   VM channel;
+//! * the environment of every sandboxed process gets
+//!   [`cowork_policy::net::proxy_env()`].
+//!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
 //! use std::sync::Arc;

@@ -29,6 +29,8 @@ pub(crate) async fn open_upstream(
     protocol: Protocol,
 ) -> Result<Upstream, ProxyError> {
     let decision = ctx.allowlist.check(target);
+    // Only a listed name is resolved: a sandbox cannot make the daemon
+    // look up (and so leak through DNS) names it may not reach.
     let resolved: Vec<IpAddr> = match (&target.host, decision.is_allowed()) {
         (Host::Name(name), true) => {
             let lookup = ctx.resolver.resolve(name);

@@ -236,15 +236,31 @@ async fn http_server(bind: &str, name: &'static str) -> Echo {
                         req.path.unwrap(),
                         header("host").unwrap_or_default()
                     );
+                    let chunked = header("transfer-encoding").is_some_and(|v| v == "chunked");
                     let mut rest = buf.split_off(head_len);
-                    while rest.len() < body_len {
-                        let mut chunk = [0u8; 4096];
-                        let n = stream.read(&mut chunk).await.unwrap();
-                        assert!(n > 0);
-                        rest.extend_from_slice(&chunk[..n]);
-                    }
-                    let body = String::from_utf8_lossy(&rest[..body_len]).into_owned();
-                    buf = rest.split_off(body_len);
+                    let body = if chunked {
+                        let (body, used) = loop {
+                            if let Some(done) = dechunk(&rest) {
+                                break done;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            let n = stream.read(&mut chunk).await.unwrap();
+                            assert!(n > 0);
+                            rest.extend_from_slice(&chunk[..n]);
+                        };
+                        buf = rest.split_off(used);
+                        body
+                    } else {
+                        while rest.len() < body_len {
+                            let mut chunk = [0u8; 4096];
+                            let n = stream.read(&mut chunk).await.unwrap();
+                            assert!(n > 0);
+                            rest.extend_from_slice(&chunk[..n]);
+                        }
+                        let body = String::from_utf8_lossy(&rest[..body_len]).into_owned();
+                        buf = rest.split_off(body_len);
+                        body
+                    };
                     let text = format!("{text} body={body}");
                     let response = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\n\r\n{text}",
@@ -258,6 +274,27 @@ async fn http_server(bind: &str, name: &'static str) -> Echo {
         }
     });
     Echo { addr, connections }
+}
+
+/// Decodes a complete chunked body (no trailers): the body and the bytes
+/// it took, or `None` when more are needed.
+fn dechunk(buf: &[u8]) -> Option<(String, usize)> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&buf[at..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.trim(), 16).unwrap();
+        let data = line_end + 2;
+        if buf.len() < data + size + 2 {
+            return None;
+        }
+        if size == 0 {
+            return Some((String::from_utf8(body).unwrap(), data + 2));
+        }
+        body.extend_from_slice(&buf[data..data + size]);
+        at = data + size + 2;
+    }
 }
 
 /// Reads until a complete head is in `buf`; `None` on EOF.
@@ -649,6 +686,22 @@ async fn plain_http_is_forwarded_in_origin_form() {
 }
 
 #[tokio::test]
+async fn plain_http_chunked_body_is_reframed() {
+    let server = http_server("127.0.0.2:0", "A").await;
+    let authority = server.addr.to_string();
+    let proxy = proxy(Protocol::Http, &["127.0.0.2"]).start().await;
+    // Both framings: the chunked one wins and the length is dropped.
+    let request = format!(
+        "POST http://{authority}/c HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 99\r\n\
+         Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    );
+    let mut stream = send(&proxy, request.as_bytes()).await;
+    let reply = read_reply(&mut stream, false).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.ends_with("body=abcde"), "{}", reply.body);
+}
+
+#[tokio::test]
 async fn plain_http_host_header_must_match_the_uri() {
     let server = http_server("127.0.0.2:0", "A").await;
     let authority = server.addr.to_string();
@@ -693,9 +746,14 @@ async fn keep_alive_requests_are_each_checked_and_never_cross_hosts() {
         assert_eq!(reply.status, 200, "{reply:?}");
         assert!(reply.body.starts_with(want), "{} for {want}", reply.body);
     }
-    // A reused for /1 and /2, a new connection after B.
-    assert_eq!(a.connections.load(Ordering::SeqCst), 2);
-    assert_eq!(b.connections.load(Ordering::SeqCst), 1);
+
+    // Pipelined requests to two hosts: each answered by its own host.
+    let pipelined = format!("{}{}", get(&b, "/p1"), get(&a, "/p2"));
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let first = read_reply(&mut stream, false).await;
+    assert!(first.body.starts_with("B GET /p1"), "{}", first.body);
+    let second = read_reply(&mut stream, false).await;
+    assert!(second.body.starts_with("A GET /p2"), "{}", second.body);
     // A request to an unlisted host on the same connection is refused.
     stream
         .write_all(get(&denied, "/5").as_bytes())
@@ -705,6 +763,9 @@ async fn keep_alive_requests_are_each_checked_and_never_cross_hosts() {
     assert_eq!(reply.status, 403);
     assert!(closed_by_peer(&mut stream).await);
     assert_eq!(denied.connections.load(Ordering::SeqCst), 0);
+    // A reused for /1 and /2; new connections after each switch.
+    assert_eq!(a.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(b.connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

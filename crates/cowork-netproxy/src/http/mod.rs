@@ -278,8 +278,13 @@ fn host_header(target: &Target) -> String {
 }
 
 /// Removes the hop-by-hop headers (RFC 9110 section 7.6.1), those named in
-/// `Connection` included.
+/// `Connection` included. A message that came chunked loses its
+/// `Content-Length` too (RFC 9112 section 6.3: the transfer coding wins);
+/// hyper frames the forwarded body itself.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -19,7 +19,7 @@
 //! 4. a refusal at any step is a [`Denial`], shown to the sandbox as an
 //!    HTTP 403 ([`http_denial`]) or a SOCKS5 "not allowed by ruleset".
 //!
-//! [`proxy_env`] is the environment every sandboxed process gets so that
+//! [`proxy_env()`] is the environment every sandboxed process gets so that
 //! its tools use the two in-sandbox proxy endpoints.
 
 pub mod address;

@@ -323,7 +323,10 @@ mod tests {
                 Err(InvalidPattern::Host(HostError::BadIpv6)),
             ),
             (long.as_str(), Err(InvalidPattern::Host(HostError::TooLong))),
-            (long_label.as_str(), Err(InvalidPattern::Host(HostError::LabelTooLong))),
+            (
+                long_label.as_str(),
+                Err(InvalidPattern::Host(HostError::LabelTooLong)),
+            ),
             ("127.1", Err(InvalidPattern::Host(HostError::NumericName))),
             (
                 "ex%41mple.com",
