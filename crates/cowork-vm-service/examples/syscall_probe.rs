@@ -8,6 +8,7 @@
 //! cargo build --example syscall_probe          # built by `cargo test` too
 //! target/debug/examples/syscall_probe          # run it inside a sandbox
 //! syscall_probe --confine-self                 # confine itself first, as the agent does
+//! syscall_probe --confine-self --exec sh -c '…' # confine, then exec a command instead of probing
 //! ```
 //!
 //! Inside a session sandbox every line reads `EPERM`, except `clone3` and
@@ -248,11 +249,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.iter().any(|a| a == "--confine-self") {
-        if let Err(e) = confine_self(arch) {
-            eprintln!("syscall_probe: {e}");
+    if args.iter().any(|a| a == "--confine-self")
+        && let Err(e) = confine_self(arch)
+    {
+        eprintln!("syscall_probe: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(at) = args.iter().position(|a| a == "--exec") {
+        let Some((program, rest)) = args[at + 1..].split_first() else {
+            eprintln!("syscall_probe: --exec needs a command");
             return ExitCode::from(2);
-        }
+        };
+        let e = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(program).args(rest),
+        );
+        eprintln!("syscall_probe: {program}: {e}");
+        return ExitCode::from(127);
     }
     for probe in PROBES {
         let Some(nr) = arch.syscall_number(probe.syscall) else {

@@ -24,10 +24,11 @@
 //! failures. Missing paths are not errors (they are reported and get no
 //! access); neither is a kernel without Landlock (reported as `none`).
 //!
-//! Costs on the project's machine (release build, 6.18 kernel, `cargo
-//! run --release --example syscall_probe -- --confine-self`): Landlock
-//! with 24 rules about 40-60 us, the three seccomp programs about 25 us
-//! (their compilation is done at development time, see
+//! Costs on the project's machine (release build, 6.18 kernel, inside a
+//! bwrap sandbox: `syscall_probe --confine-self`): Landlock with 24 rules
+//! 60-140 us (mostly opening the paths), seccomp 75-100 us (the kernel
+//! verifying, JIT-compiling and emulating the one 165-instruction
+//! program; generating it is a ~4 us copy of precompiled data, see
 //! `seccomp::sandbox_filters`).
 
 use std::io;
@@ -253,7 +254,7 @@ mod tests {
             )
         });
         let (report, written, walled, spawned, clone3, clone3_errno) = outcome;
-        assert!(report.seccomp.installed && report.seccomp.programs >= 2);
+        assert!(report.seccomp.installed && report.seccomp.programs == 1);
         assert_eq!(report.landlock.skipped.len(), 1, "{report:?}");
         assert_eq!(report.landlock.skipped[0].path, "/no/such/path");
         assert_eq!((clone3, clone3_errno), (-1, Some(libc::ENOSYS)));
