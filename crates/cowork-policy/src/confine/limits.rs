@@ -95,29 +95,35 @@ impl SessionLimits {
     /// zero values leave the earlier one, nothing at all means the
     /// defaults. Memory is raised to [`MIN_MEMORY_BYTES`].
     pub fn from_requests(requests: &[LimitRequest], pids_max: PidsMax) -> Self {
-        let mut limits = SessionLimits {
+        let start = SessionLimits {
             pids_max,
             ..SessionLimits::default()
         };
-        for request in requests {
-            let (memory, cpus) = match *request {
-                LimitRequest::Configure {
-                    memory_mb,
-                    cpu_count,
-                } => (memory_mb.and_then(|mb| mb.checked_mul(MIB)), cpu_count),
-                LimitRequest::StartVm {
-                    memory_gb,
-                    cpu_count,
-                } => (memory_gb.and_then(|gb| gb.checked_mul(GIB)), cpu_count),
-            };
-            if let Some(bytes) = memory.filter(|b| *b > 0) {
-                limits.memory_bytes = bytes.max(MIN_MEMORY_BYTES);
-            }
-            if let Some(n) = cpus.filter(|n| *n > 0) {
-                limits.cpus = n;
-            }
+        requests
+            .iter()
+            .fold(start, |limits, r| limits.with_request(r))
+    }
+
+    /// These limits after one more request (what the daemon does on each
+    /// `configure` and `startVM`, keeping the result).
+    pub fn with_request(mut self, request: &LimitRequest) -> Self {
+        let (memory, cpus) = match *request {
+            LimitRequest::Configure {
+                memory_mb,
+                cpu_count,
+            } => (memory_mb.and_then(|mb| mb.checked_mul(MIB)), cpu_count),
+            LimitRequest::StartVm {
+                memory_gb,
+                cpu_count,
+            } => (memory_gb.and_then(|gb| gb.checked_mul(GIB)), cpu_count),
+        };
+        if let Some(bytes) = memory.filter(|b| *b > 0) {
+            self.memory_bytes = bytes.max(MIN_MEMORY_BYTES);
         }
-        limits
+        if let Some(n) = cpus.filter(|n| *n > 0) {
+            self.cpus = n;
+        }
+        self
     }
 
     /// CFS quota for `cpus` cores per [`CPU_PERIOD_US`].
@@ -262,6 +268,14 @@ mod tests {
             assert_eq!((l.memory_bytes, l.cpus), (memory, cpus), "{what}");
             assert_eq!(l.pids_max, PidsMax::Limit(4096), "{what}");
         }
+        let folded = [configure(Some(4096), Some(2)), start(Some(6), None)]
+            .iter()
+            .fold(SessionLimits::default(), |l, r| l.with_request(r));
+        assert_eq!(
+            (folded.memory_bytes, folded.cpus),
+            (6 * GIB, 2),
+            "incremental"
+        );
         let l = SessionLimits::from_requests(&[configure(None, Some(3))], PidsMax::Unlimited);
         assert_eq!(
             (l.cpu_quota_us(), l.pids_max),
