@@ -63,6 +63,49 @@ pub fn base_env(daemon_env: &EnvMap, app_env: &EnvMap) -> EnvMap {
     env
 }
 
+/// What an isolating backend (a sandbox, a VM) takes from the daemon's own
+/// environment; everything else there (cloud keys, `GITHUB_TOKEN`,
+/// `SSH_AUTH_SOCK`, the session bus, `XDG_RUNTIME_DIR`, our own `COWORK_*`
+/// settings) stays outside. Exact keys:
+/// * `PATH`: where commands are found (the sandbox has the host's `/usr`);
+/// * `HOME`, `USER`, `LOGNAME`, `SHELL`: who and where the user is (the
+///   sandbox's `$HOME` is the same path, empty or the skeleton home);
+/// * `LANG`, `LANGUAGE`, `TZ`: how text and time are shown;
+/// * `TERM`, `COLORTERM`: how output is drawn (`TERM` is then set anyway).
+pub const SANDBOX_INHERITED_KEYS: [&str; 10] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TERM",
+    "COLORTERM",
+];
+/// ... and every locale category (`LC_ALL`, `LC_CTYPE`, ...).
+pub const SANDBOX_INHERITED_PREFIX: &str = "LC_";
+
+/// The base environment of an isolating backend: the spawn's `env` over a
+/// short allowlist of the daemon's ([`SANDBOX_INHERITED_KEYS`]), with the
+/// same per-key rules as [`base_env`] (the daemon's OAuth token still fills
+/// in when the client sent none: it is the token the user gave Cowork).
+/// The host backend keeps the reference's whole-environment merge
+/// ([`base_env`]): it isolates nothing anyway.
+pub fn sandbox_env(daemon_env: &EnvMap, app_env: &EnvMap) -> EnvMap {
+    let allowed: EnvMap = daemon_env
+        .iter()
+        .filter(|(k, _)| {
+            SANDBOX_INHERITED_KEYS.contains(&k.as_str())
+                || k.starts_with(SANDBOX_INHERITED_PREFIX)
+                || k.as_str() == OAUTH_TOKEN_KEY
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    base_env(&allowed, app_env)
+}
+
 /// Fills `CLAUDE_CODE_OAUTH_TOKEN` from the spawn's `oauthToken` or the
 /// token given to `addApprovedOauthToken`.
 pub fn apply_oauth_tokens(env: &mut EnvMap, spawn_token: Option<&str>, approved: Option<&str>) {
@@ -142,6 +185,42 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect()
+    }
+
+    #[test]
+    fn sandbox_env_takes_only_the_allowlist_from_the_daemon() {
+        let daemon = env(&[
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/home/u"),
+            ("USER", "u"),
+            ("LANG", "de_DE.UTF-8"),
+            ("LC_TIME", "C"),
+            ("TZ", "Europe/Berlin"),
+            ("AWS_SECRET_ACCESS_KEY", "aws"),
+            ("GITHUB_TOKEN", "gh"),
+            ("SSH_AUTH_SOCK", "/run/user/1000/ssh"),
+            ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1000/bus"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ("COWORK_VM_BACKEND", "bwrap"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "daemon-token"),
+            ("CLAUDE_CODE_OTHER", "x"),
+        ]);
+        let app = env(&[("GITHUB_TOKEN", "from-the-client"), ("FOO", "bar")]);
+        let got = sandbox_env(&daemon, &app);
+        let want = env(&[
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/home/u"),
+            ("USER", "u"),
+            ("LANG", "de_DE.UTF-8"),
+            ("LC_TIME", "C"),
+            ("TZ", "Europe/Berlin"),
+            ("TERM", "xterm-256color"),
+            // The client's env is the spawn's own: it passes.
+            ("GITHUB_TOKEN", "from-the-client"),
+            ("FOO", "bar"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "daemon-token"),
+        ]);
+        assert_eq!(got, want);
     }
 
     #[test]

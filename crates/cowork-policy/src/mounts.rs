@@ -107,34 +107,90 @@ pub struct RejectedMount {
 
 /// Host folders that are never mounted into a session: the system's own
 /// trees (and everything below them) ...
-const FORBIDDEN_TREES: &[&str] = &["/proc", "/sys", "/dev", "/run", "/var/run", "/boot", "/etc"];
+const FORBIDDEN_TREES: &[&str] = &[
+    "/usr", "/etc", "/var", "/boot", "/proc", "/sys", "/dev", "/run", "/root",
+];
 /// ... and roots that would expose far more than one project.
 const FORBIDDEN_EXACT: &[&str] = &[
-    "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/var", "/tmp",
-    "/var/tmp", "/root", "/home", "/nix", "/opt", "/srv", "/mnt", "/media",
+    "/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/tmp", "/home", "/nix", "/opt",
+    "/srv", "/mnt", "/media",
+];
+/// Folders in a home that hold credentials; a session never needs them.
+pub const CREDENTIAL_DIRS: &[&str] = &[
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".kube",
+    ".docker",
+    ".password-store",
+    ".local/share/keyrings",
+    ".config/gcloud",
+    ".config/gh",
 ];
 
-fn forbidden_reason(path: &Path) -> Option<String> {
-    if FORBIDDEN_EXACT.iter().any(|f| path == Path::new(f)) {
-        return Some(format!("{} is a system path", path.display()));
+/// Whose machine this is, for deciding which host folders may be mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountRules {
+    /// The daemon's `$HOME`, as given and as its real path.
+    pub home: PathBuf,
+    pub home_real: PathBuf,
+    /// Home folders of the machine's other accounts (from the user
+    /// database), never mounted.
+    pub other_homes: Vec<PathBuf>,
+}
+
+impl MountRules {
+    fn is_own_home(&self, path: &Path) -> bool {
+        is_within(path, &self.home) || is_within(path, &self.home_real)
     }
-    FORBIDDEN_TREES
-        .iter()
-        .find(|f| is_within(path, Path::new(f)))
-        .map(|f| format!("{} is under the system path {f}", path.display()))
+
+    fn forbidden_reason(&self, path: &Path) -> Option<String> {
+        if FORBIDDEN_EXACT.iter().any(|f| path == Path::new(f)) {
+            return Some(format!("{} is a system path", path.display()));
+        }
+        for home in [&self.home, &self.home_real] {
+            if let Ok(rest) = path.strip_prefix(home)
+                && let Some(dir) = CREDENTIAL_DIRS
+                    .iter()
+                    .find(|d| rest.starts_with(Path::new(d)))
+            {
+                return Some(format!("{} holds credentials (~/{dir})", path.display()));
+            }
+        }
+        if self.is_own_home(path) {
+            return None;
+        }
+        if let Some(other) = self
+            .other_homes
+            .iter()
+            .find(|h| h.as_path() != Path::new("/") && is_within(path, h))
+        {
+            return Some(format!(
+                "{} is in another user's home ({})",
+                path.display(),
+                other.display()
+            ));
+        }
+        FORBIDDEN_TREES
+            .iter()
+            .find(|f| is_within(path, Path::new(f)))
+            .map(|f| format!("{} is under the system path {f}", path.display()))
+    }
 }
 
 /// Checks a host folder about to become a session mount. Folders inside
-/// `$HOME` and project folders elsewhere are fine; system paths are not,
-/// whether named directly or reached through a symlink.
-pub fn check_mount_source(host: &Path, fs: &dyn FsView) -> Result<(), String> {
+/// `$HOME` and project folders elsewhere are fine; system trees, other
+/// users' homes and credential folders are not, whether named directly or
+/// reached through a symlink.
+pub fn check_mount_source(host: &Path, rules: &MountRules, fs: &dyn FsView) -> Result<(), String> {
     let normalized = normalize(host);
-    if let Some(reason) = forbidden_reason(&normalized) {
+    if let Some(reason) = rules.forbidden_reason(&normalized) {
         return Err(reason);
     }
     if let Some(real) = fs.canonicalize(&normalized)
         && real != normalized
-        && let Some(reason) = forbidden_reason(&real)
+        && let Some(reason) = rules.forbidden_reason(&real)
     {
         return Err(format!("symlink resolves to {}: {reason}", real.display()));
     }
@@ -148,9 +204,10 @@ pub fn check_mount_source(host: &Path, fs: &dyn FsView) -> Result<(), String> {
 pub fn build_mount_map(
     additional: &[(String, Option<MountSpec>)],
     binds: &[Mount],
-    home: &Path,
+    rules: &MountRules,
     fs: &dyn FsView,
 ) -> (MountMap, Vec<RejectedMount>) {
+    let home = rules.home.as_path();
     let mut map = MountMap::new();
     let mut rejected = Vec::new();
     for bind in binds {
@@ -172,7 +229,7 @@ pub fn build_mount_map(
             continue;
         }
         let host = resolve_subpath(path, home, fs);
-        if let Err(reason) = check_mount_source(&host, fs) {
+        if let Err(reason) = check_mount_source(&host, rules, fs) {
             rejected.push(RejectedMount {
                 name: name.clone(),
                 reason,
@@ -358,7 +415,12 @@ mod tests {
             ("far".to_string(), spec("mnt/storage/proj", Some("rwd"))),
             ("weird".to_string(), spec("home/u/w", Some("banana"))),
         ];
-        let (m, rejected) = build_mount_map(&additional, &binds, home, &fs);
+        let rules = MountRules {
+            home: home.into(),
+            home_real: home.into(),
+            other_homes: vec![],
+        };
+        let (m, rejected) = build_mount_map(&additional, &binds, &rules, &fs);
         let got: Vec<_> = m
             .iter()
             .map(|e| (e.name.as_str(), e.host.to_str().unwrap(), e.mode.as_str()))
@@ -380,27 +442,75 @@ mod tests {
 
     #[test]
     fn mount_source_table() {
-        let fs = FakeFs::new().dir("/home/u").dir("/etc");
-        let cases = [
-            ("/home/u", true),
-            ("/home/u/proj", true),
-            ("/mnt/storage/proj", true),
-            ("/tmp/build", true),
-            ("/", false),
-            ("/home", false),
-            ("/usr", false),
-            ("/etc/ssh", false),
-            ("/proc/self", false),
-            ("/run/user/1000", false),
-            ("/tmp", false),
-            ("/mnt", false),
+        let fs = FakeFs::new()
+            .dir("/home/u")
+            .dir("/etc")
+            .dir("/var/home/u/proj")
+            .dir("/var/log")
+            .dir("/home/alice/secret")
+            .symlink("/home/u/logs", "/var/log")
+            .symlink("/home/u/other", "/home/alice/secret");
+        let user = MountRules {
+            home: "/home/u".into(),
+            home_real: "/var/home/u".into(),
+            other_homes: vec![
+                "/home/alice".into(),
+                "/var/lib/postgresql".into(),
+                "/".into(),
+            ],
+        };
+        let root = MountRules {
+            home: "/root".into(),
+            home_real: "/root".into(),
+            other_homes: vec!["/home/u".into()],
+        };
+        let cases: [(&str, &MountRules, Result<(), &str>); 30] = [
+            ("/home/u", &user, Ok(())),
+            ("/home/u/proj", &user, Ok(())),
+            ("/var/home/u/proj", &user, Ok(())),
+            ("/mnt/storage/proj", &user, Ok(())),
+            ("/tmp/build", &user, Ok(())),
+            ("/opt/project", &user, Ok(())),
+            ("/", &user, Err("system path")),
+            ("/home", &user, Err("system path")),
+            ("/usr", &user, Err("under the system path /usr")),
+            ("/usr/bin", &user, Err("under the system path /usr")),
+            ("/usr/local", &user, Err("under the system path /usr")),
+            ("/etc/ssh", &user, Err("/etc")),
+            ("/var/log", &user, Err("/var")),
+            ("/var/lib", &user, Err("/var")),
+            ("/boot", &user, Err("/boot")),
+            ("/proc/self", &user, Err("/proc")),
+            ("/sys/kernel", &user, Err("/sys")),
+            ("/dev/shm", &user, Err("/dev")),
+            ("/run/user/1000", &user, Err("/run")),
+            ("/root", &user, Err("/root")),
+            ("/tmp", &user, Err("system path")),
+            ("/mnt", &user, Err("system path")),
+            (
+                "/home/alice",
+                &user,
+                Err("another user's home (/home/alice)"),
+            ),
+            ("/home/alice/proj", &user, Err("another user's home")),
+            ("/home/u/.ssh", &user, Err("holds credentials (~/.ssh)")),
+            ("/var/home/u/.gnupg/x", &user, Err("holds credentials")),
+            ("/home/u/logs", &user, Err("symlink resolves to /var/log")),
+            ("/home/u/other", &user, Err("another user's home")),
+            ("/root/project", &root, Ok(())),
+            ("/root/.ssh", &root, Err("holds credentials (~/.ssh)")),
         ];
-        for (path, ok) in cases {
-            assert_eq!(
-                check_mount_source(Path::new(path), &fs).is_ok(),
-                ok,
-                "{path}"
-            );
+        for (path, rules, want) in cases {
+            let got = check_mount_source(Path::new(path), rules, &fs);
+            match (want, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(part), Err(reason)) => assert!(reason.contains(part), "{path}: {reason}"),
+                (want, got) => panic!("{path}: want {want:?}, got {got:?}"),
+            }
         }
+        assert!(
+            check_mount_source(Path::new("/home/u/proj"), &root, &fs).is_err(),
+            "root's daemon does not mount a user's home"
+        );
     }
 }

@@ -65,15 +65,63 @@ impl Dirs {
         self.claude_config.join("claude_desktop_linux_config.json")
     }
 
+    /// What may be mounted into a session, given whose machine this is.
+    pub fn mount_rules(&self) -> cowork_policy::mounts::MountRules {
+        cowork_policy::mounts::MountRules {
+            home: self.home.clone(),
+            home_real: self.home_real.clone(),
+            other_homes: other_user_homes(),
+        }
+    }
+
     pub fn sessions_dir(&self) -> PathBuf {
         self.state_root.join("sessions")
     }
+}
+
+/// The home folders of the other accounts in `/etc/passwd` (not ours, by
+/// uid; `/` is left out: it is no one's home in any useful sense).
+pub fn other_user_homes() -> Vec<PathBuf> {
+    let me = rustix::process::getuid().as_raw();
+    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+        return Vec::new();
+    };
+    homes_from_passwd(&passwd, me)
+}
+
+fn homes_from_passwd(passwd: &str, me: u32) -> Vec<PathBuf> {
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let uid: u32 = fields.get(2)?.parse().ok()?;
+            let home = *fields.get(5)?;
+            (uid != me && home.starts_with('/') && home != "/").then(|| PathBuf::from(home))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn other_homes_come_from_passwd_without_ours_or_the_root_dir() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                      nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+                      u:x:1000:1000::/home/u:/bin/bash\n\
+                      alice:x:1001:1001::/home/alice:/bin/bash\n\
+                      weird:x:1002:1002::/:/bin/sh\n\
+                      broken line\n";
+        let homes = homes_from_passwd(passwd, 1000);
+        let want: Vec<PathBuf> = ["/root", "/usr/sbin", "/nonexistent", "/home/alice"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(homes, want);
+    }
 
     fn dirs(vars: &[(&str, &str)]) -> Dirs {
         let map: HashMap<String, PathBuf> = vars

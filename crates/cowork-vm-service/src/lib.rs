@@ -42,3 +42,4 @@ pub mod sessions;
 pub mod socket;
 pub mod spare_dir;
 pub mod supervise;
+pub mod sys;

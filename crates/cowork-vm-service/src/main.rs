@@ -19,6 +19,12 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // Nothing a launcher leaked may reach what we start (sandboxes
+    // included): the agent does the same for itself.
+    if let Err(e) = cowork_vm_service::sys::fds::cloexec_inherited(&[]) {
+        eprintln!("cowork-vm-service: cannot mark inherited descriptors close-on-exec: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse_from(normalize_argv(argv));
     match cli.command {
         Some(Command::Run(args)) => run::main(args),

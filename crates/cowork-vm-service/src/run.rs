@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use cowork_policy::mounts::{MountMode, check_mount_source};
+use cowork_policy::mounts::{MountMode, MountRules, check_mount_source};
 use cowork_policy::names::validate_mount_name;
 use cowork_protocol::text::Utf8Stream;
 use serde_json::{Map, Value, json};
@@ -85,6 +85,7 @@ pub struct MountRefused(pub String);
 fn mounts_and_cwd(
     args: &RunArgs,
     cwd: &Path,
+    rules: &MountRules,
 ) -> Result<(Map<String, Value>, String), MountRefused> {
     let mut requested: Vec<MountArg> = args
         .mounts
@@ -93,7 +94,7 @@ fn mounts_and_cwd(
         .collect::<Result<_, _>>()
         .map_err(MountRefused)?;
     if requested.is_empty() {
-        if let Err(reason) = check_mount_source(cwd, &RealFs) {
+        if let Err(reason) = check_mount_source(cwd, rules, &RealFs) {
             return Err(MountRefused(format!(
                 "the current directory cannot be the session's folder: {reason}; \
                  cd into a project folder or pass --mount DIR"
@@ -117,7 +118,7 @@ fn mounts_and_cwd(
                 host.display()
             )));
         }
-        check_mount_source(&host, &RealFs)
+        check_mount_source(&host, rules, &RealFs)
             .map_err(|reason| MountRefused(format!("--mount {shown}: {reason}")))?;
         let name = m.name.clone().unwrap_or_else(|| {
             host.file_name()
@@ -256,7 +257,7 @@ async fn run(args: RunArgs, dirs: Dirs, log: logging::LogControl) -> anyhow::Res
     let interrupts = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let terminations = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let cwd = std::env::current_dir().context("current directory")?;
-    let (mounts, workdir) = mounts_and_cwd(&args, &cwd)?;
+    let (mounts, workdir) = mounts_and_cwd(&args, &cwd, &dirs.mount_rules())?;
     let env = env_map(&args.env)?;
     let (command, is_report) = command_line(&args);
 

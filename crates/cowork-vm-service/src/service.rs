@@ -12,10 +12,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use cowork_policy::command::find_in_path;
 use cowork_policy::command::sdk_binary_path;
-use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env};
+use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env, sandbox_env};
 use cowork_policy::fs_view::FsView;
 use cowork_policy::mounts::{
-    Mount, MountMap, MountMode, build_mount_map, check_mount_source, guest_session,
+    Mount, MountMap, MountMode, MountRules, build_mount_map, check_mount_source, guest_session,
     parse_guest_path,
 };
 use cowork_policy::names::{validate_mount_name, validate_session_name};
@@ -47,6 +47,7 @@ use crate::processes::{ProcessTable, TableError};
 use crate::read_file::{ReadFileError, read_confined};
 use crate::real_fs::RealFs;
 use crate::sessions::SessionStore;
+use crate::supervise::OutputSink as _;
 
 /// Extra method (not sent by the client): which backend serves, for `run`
 /// and `--doctor`.
@@ -79,6 +80,7 @@ struct SharedState {
 
 pub struct Service {
     dirs: Dirs,
+    mount_rules: MountRules,
     hub: EventHub,
     table: ProcessTable,
     events: ProcessEvents,
@@ -101,6 +103,7 @@ impl Service {
         Arc::new(Self {
             sessions: SessionStore::new(config.dirs.sessions_dir(), &config.dirs.home),
             events: ProcessEvents::new(hub.clone(), table.clone()),
+            mount_rules: config.dirs.mount_rules(),
             dirs: config.dirs,
             hub,
             table,
@@ -418,16 +421,32 @@ impl Service {
             )
         };
         let additional = p.additional_mounts.map(|m| m.0).unwrap_or_default();
-        let (mounts, rejected) = build_mount_map(&additional, &binds, &self.dirs.home, &RealFs);
+        let (mounts, rejected) = build_mount_map(&additional, &binds, &self.mount_rules, &RealFs);
         for r in &rejected {
             tracing::warn!("spawn {}: mount {:?} refused: {}", p.id, r.name, r.reason);
+            // The process runs without it; its own stderr says why, first.
+            self.events
+                .output(
+                    &p.id,
+                    cowork_protocol::event::Stream::Stderr,
+                    format!(
+                        "cowork-vm-service: mount {:?} refused: {}\n",
+                        r.name, r.reason
+                    ),
+                )
+                .await;
         }
         {
             let mut state = self.state();
             state.session_mounts.insert(p.name.clone(), mounts.clone());
             state.last_session = Some(p.name.clone());
         }
-        let mut env = base_env(&self.daemon_env, &p.env.map(|e| e.0).unwrap_or_default());
+        let app_env = p.env.map(|e| e.0).unwrap_or_default();
+        let mut env = if backend.is_isolated() {
+            sandbox_env(&self.daemon_env, &app_env)
+        } else {
+            base_env(&self.daemon_env, &app_env)
+        };
         apply_oauth_tokens(&mut env, p.oauth_token.as_deref(), approved.as_deref());
         let job = SpawnJob {
             id: p.id.clone(),
@@ -490,7 +509,8 @@ impl Service {
     async fn mount_path(&self, p: MountPathParams) -> MethodResult {
         let subpath = p.subpath.unwrap_or_default();
         let host = resolve_subpath(&subpath, &self.dirs.home, &RealFs);
-        check_mount_source(&host, &RealFs).map_err(|e| format!("mountPath refused: {e}"))?;
+        check_mount_source(&host, &self.mount_rules, &RealFs)
+            .map_err(|e| format!("mountPath refused: {e}"))?;
         let name = match p.mount_name.filter(|n| !n.is_empty()) {
             Some(n) => n,
             None => host

@@ -19,7 +19,6 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -150,8 +149,8 @@ impl SessionStore {
                 continue;
             }
             let dir = self.root.join(name);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => result.deleted.push(name.clone()),
+            match crate::sys::tree::remove_tree(&dir) {
+                Ok(_) => result.deleted.push(name.clone()),
                 // Already gone: the caller's goal holds.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => result.deleted.push(name.clone()),
                 Err(e) => {
@@ -205,14 +204,8 @@ impl SessionStore {
                 if age < older_than {
                     continue;
                 }
-                let size = tree_size(&path);
-                let removed = if meta.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                match removed {
-                    Ok(()) => freed += size,
+                match crate::sys::tree::remove_tree(&path) {
+                    Ok(size) => freed += size,
                     Err(e) => errors.push(format!("{}: {e}", path.display())),
                 }
             }
@@ -244,25 +237,12 @@ pub fn fs_space(path: &Path) -> (u64, u64) {
     (0, 0)
 }
 
-/// Disk usage of a tree (allocated blocks), never following symlinks.
-pub fn tree_size(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let mut total = meta.blocks().saturating_mul(512);
-    if meta.is_dir()
-        && let Ok(entries) = std::fs::read_dir(path)
-    {
-        for entry in entries.filter_map(Result::ok) {
-            total = total.saturating_add(tree_size(&entry.path()));
-        }
-    }
-    total
-}
+pub use crate::sys::tree::tree_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn store() -> (tempfile::TempDir, SessionStore) {
         let tmp = tempfile::tempdir().unwrap();

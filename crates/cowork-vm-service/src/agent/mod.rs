@@ -63,8 +63,12 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
     // SAFETY: the descriptor is open (checked above) and was handed to this
     // process for its exclusive use; nothing else in the agent refers to it.
     let channel = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Children must not inherit the channel.
-    if let Err(e) = fcntl_setfd(&channel, FdFlags::CLOEXEC) {
+    // Children get stdin, stdout, stderr and what is passed on purpose:
+    // not the channel, nor anything else inherited.
+    if let Err(e) = fcntl_setfd(&channel, FdFlags::CLOEXEC)
+        .map_err(std::io::Error::from)
+        .and_then(|()| crate::sys::fds::cloexec_inherited(&[]))
+    {
         eprintln!("cowork-vm-service agent: {e}");
         return ExitCode::from(2);
     }
@@ -76,6 +80,13 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
             // Inherited by every process of the sandbox: no setuid escalation.
             if let Err(e) = rustix::thread::set_no_new_privs(true) {
                 eprintln!("cowork-vm-service agent: cannot set no_new_privs: {e}");
+                return ExitCode::from(2);
+            }
+            // The session keyring came from the daemon's login session (its
+            // keys are readable by whoever possesses it): the sandbox gets
+            // an empty one of its own.
+            if let Err(e) = join_new_session_keyring() {
+                eprintln!("cowork-vm-service agent: cannot create a session keyring: {e}");
                 return ExitCode::from(2);
             }
         }
@@ -112,6 +123,30 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session
+/// keyring for this process and everything it starts.
+fn join_new_session_keyring() -> std::io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a NULL name asks for a new anonymous keyring; no memory is
+    // passed to the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // Kernels built without keys support have nothing to leak.
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 async fn serve(

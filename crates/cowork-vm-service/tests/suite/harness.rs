@@ -86,7 +86,15 @@ pub fn binary_for(user: Option<&TestUser>) -> PathBuf {
         let partial = dir.join(format!("partial-{}", std::process::id()));
         std::fs::copy(BIN, &partial).unwrap();
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&partial, &staged).unwrap();
+        // Never replace a copy another test process staged meanwhile: a
+        // daemon may already run from it (its /proc/self/exe would then
+        // be "(deleted)").
+        match std::fs::hard_link(&partial, &staged) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("staging the binary: {e}"),
+        }
+        let _ = std::fs::remove_file(&partial);
     }
     staged
 }
@@ -117,6 +125,36 @@ pub struct Options {
     pub files: Vec<(String, String)>,
     /// Replace the default socket path.
     pub socket: Option<PathBuf>,
+    /// A file the daemon inherits open at descriptor 7, not close-on-exec
+    /// (a launcher's leak).
+    pub leaked_fd7: Option<PathBuf>,
+    /// A key (description, secret) added to the daemon's session keyring
+    /// before it starts.
+    pub session_key: Option<(String, String)>,
+}
+
+/// Runs `cmd` through python3, which first adds a `user` key to the
+/// session keyring (as a login session would hold one); the daemon
+/// inherits that keyring.
+fn with_session_key(cmd: Command, description: &str, secret: &str) -> Command {
+    let mut wrapped = Command::new("/usr/bin/python3");
+    wrapped
+        .arg("-c")
+        .arg(
+            "import ctypes, os, sys\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             libc.syscall.restype = ctypes.c_long\n\
+             nr = {'x86_64': 248, 'aarch64': 217}[os.uname().machine]\n\
+             d, s = sys.argv[1].encode(), sys.argv[2].encode()\n\
+             if libc.syscall(nr, b'user', d, s, len(s), -3) < 0:\n\
+             \x20   sys.exit('add_key: errno %d' % ctypes.get_errno())\n\
+             os.execv(sys.argv[3], sys.argv[3:])\n",
+        )
+        .arg(description)
+        .arg(secret)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    wrapped
 }
 
 pub struct Daemon {
@@ -180,6 +218,9 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| runtime.join("cowork-vm-service.sock"));
         let mut cmd = command_as(opts.user.as_ref());
+        if let Some((description, secret)) = &opts.session_key {
+            cmd = with_session_key(cmd, description, secret);
+        }
         cmd.arg("/opt/claude/resources/cowork-vm-service.js")
             .arg("-socket")
             .arg(&socket)
@@ -197,7 +238,34 @@ impl Daemon {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start daemon");
+        if let Some(path) = &opts.leaked_fd7 {
+            let file = std::fs::File::open(path).expect("file to leak");
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+            // SAFETY: between fork and exec only dup2 runs (async-signal
+            // safe); `file` stays open in the parent until spawn returns.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::dup2(raw, 7) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().expect("start daemon");
+            drop(file);
+            return Self::finish_start(child, root, home, socket, opts.user);
+        }
+        let child = cmd.spawn().expect("start daemon");
+        Self::finish_start(child, root, home, socket, opts.user)
+    }
+
+    fn finish_start(
+        mut child: Child,
+        root: tempfile::TempDir,
+        home: PathBuf,
+        socket: PathBuf,
+        user: Option<TestUser>,
+    ) -> Self {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("daemon stdout");
@@ -211,7 +279,7 @@ impl Daemon {
             root,
             home,
             socket,
-            user: opts.user,
+            user,
             _stdout: stdout,
         }
     }

@@ -2,6 +2,7 @@ pub mod harness;
 
 mod bwrap;
 mod doctor;
+mod escapes;
 mod host;
 mod launcher;
 mod lifecycle;
