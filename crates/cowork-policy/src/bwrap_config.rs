@@ -5,9 +5,14 @@
 //! {"preferences": {"coworkBwrapMounts": {
 //!     "additionalROBinds": ["/opt/tools", {"src": "/nix/store", "dst": "/nix/store"}],
 //!     "additionalBinds": [{"src": "/home/u/.cache/claude-tmp", "dst": "/tmp"}],
-//!     "disabledDefaultBinds": ["/tmp"]
+//!     "disabledDefaultBinds": ["/tmp"],
+//!     "writableProtectedPaths": [".vscode"]
 //! }}}
 //! ```
+//!
+//! `writableProtectedPaths` opts paths out of the read-only protection of
+//! [`crate::protect`] (a name such as `.vscode` or `.git/hooks` everywhere,
+//! or a path relative to a mount's root).
 //!
 //! Rules (the reference's, with messages kept): paths are absolute; `/`,
 //! `/proc`, `/dev`, `/sys` and anything below the last three are refused,
@@ -55,11 +60,16 @@ pub struct BwrapMountsConfig {
     pub rw_binds: Vec<ConfigBind>,
     /// Normalized destinations of default mounts to drop.
     pub disabled: Vec<String>,
+    /// Protected paths the user lets the sandbox write.
+    pub writable_protected: Vec<String>,
 }
 
 impl BwrapMountsConfig {
     pub fn is_empty(&self) -> bool {
-        self.ro_binds.is_empty() && self.rw_binds.is_empty() && self.disabled.is_empty()
+        self.ro_binds.is_empty()
+            && self.rw_binds.is_empty()
+            && self.disabled.is_empty()
+            && self.writable_protected.is_empty()
     }
 }
 
@@ -201,11 +211,28 @@ pub fn parse_bwrap_mounts(
             disabled.push(n);
         }
     }
+    let mut writable_protected = Vec::new();
+    if let Some(Value::Array(items)) = mounts.get("writableProtectedPaths") {
+        for item in items {
+            match item {
+                Value::String(p)
+                    if crate::protect::plain_relative(Path::new(p.trim_matches('/'))).is_some() =>
+                {
+                    writable_protected.push(p.trim_matches('/').to_string())
+                }
+                other => warnings.push(format!(
+                    "BwrapConfig: rejected writable protected path {other}: a relative path such \
+                     as \".vscode\" or \".git/hooks\" is expected"
+                )),
+            }
+        }
+    }
     (
         BwrapMountsConfig {
             ro_binds,
             rw_binds,
             disabled,
+            writable_protected,
         },
         warnings,
     )
@@ -238,7 +265,9 @@ const TWO_TOKEN: [&str; 10] = [
     "--size",
     "--perms",
 ];
-const THREE_TOKEN: [&str; 9] = [
+const THREE_TOKEN: [&str; 11] = [
+    "--bind-fd",
+    "--ro-bind-fd",
     "--ro-bind",
     "--bind",
     "--symlink",

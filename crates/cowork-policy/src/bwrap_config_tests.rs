@@ -150,6 +150,7 @@ fn valid_config_round_trips() {
             ro_binds: vec![ConfigBind::Same("/opt/tools".into())],
             rw_binds: vec![ConfigBind::Same("/home/u/tools".into())],
             disabled: vec!["/tmp".into()],
+            writable_protected: vec![],
         }
     );
 }
@@ -360,6 +361,7 @@ fn with(disabled: &[&str], ro: &[&str], rw: &[&str]) -> BwrapMountsConfig {
         ro_binds: ro.iter().map(|p| ConfigBind::Same(p.to_string())).collect(),
         rw_binds: rw.iter().map(|p| ConfigBind::Same(p.to_string())).collect(),
         disabled: strings(disabled),
+        writable_protected: vec![],
     }
 }
 
@@ -543,4 +545,13 @@ fn shadowing_and_display() {
         }),
         "/a -> /b"
     );
+}
+
+#[test]
+fn writable_protected_paths_are_read_and_bad_entries_reported() {
+    let (c, warnings) = load(mounts(json!({
+        "writableProtectedPaths": [".vscode", "/.git/hooks/", "../x", 7]
+    })));
+    assert_eq!(c.writable_protected, [".vscode", ".git/hooks"]);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
 }

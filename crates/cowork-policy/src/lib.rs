@@ -15,5 +15,6 @@ pub mod mounts;
 pub mod names;
 pub mod net;
 pub mod paths;
+pub mod protect;
 pub mod selection;
 pub mod signal;

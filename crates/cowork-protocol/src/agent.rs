@@ -55,6 +55,10 @@ pub enum FromAgent {
     Ready {
         pid: u32,
         version: String,
+        /// What the agent confined itself with (a
+        /// `cowork_policy::confine::ConfineReport`), when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        confinement: Option<Value>,
     },
     Response {
         id: u64,

@@ -65,6 +65,24 @@ impl ProcessEvents {
     }
 }
 
+impl ProcessEvents {
+    /// An exit after the session's OOM killer fired `oom_kills` times during
+    /// the process's life (the client reads `oomKillCount`).
+    pub async fn exited_after_oom(&self, id: &str, exit: ExitInfo, oom_kills: u64) {
+        self.table.mark_exited(id, exit.code);
+        tracing::info!(
+            "process {id} exited: code={:?} signal={:?}, {oom_kills} OOM kill(s) in its session",
+            exit.code,
+            exit.signal_name()
+        );
+        let mut event = Event::exit(id.to_string(), exit.code, exit.signal_name());
+        if let Event::Exit { oom_kill_count, .. } = &mut event {
+            *oom_kill_count = Some(oom_kills);
+        }
+        self.hub.publish(&event).await;
+    }
+}
+
 impl OutputSink for ProcessEvents {
     async fn output(&self, id: &str, stream: Stream, data: String) {
         self.hub

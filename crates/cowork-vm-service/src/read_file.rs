@@ -2,183 +2,195 @@
 //!
 //! A session mount is writable from inside the sandbox, so a process there
 //! can replace a file the client later reads with a symlink to
-//! `~/.ssh/id_rsa`. The reference followed it. Here a file is read only if
-//! its real path stays inside the folder it was addressed through (the
-//! mount, or `$HOME` for host paths), and the final open is done relative
-//! to that folder with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so
-//! a symlink swapped in after the check fails the open instead of being
-//! followed. Only regular files are read (a FIFO would hang the call), up to
+//! `~/.ssh/id_rsa` (the reference followed it), or a folder with a symlink
+//! to `~`. Here a file is read only through the descriptor of a session
+//! mount pinned when it was granted ([`crate::sys::pin`]), with no symlink
+//! anywhere below it (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`),
+//! whether the client names it by its guest path (`/sessions/<s>/mnt/...`)
+//! or by its host path, which must then lie inside one of the session's
+//! mounts. Only regular files are read (a FIFO would hang the call), up to
 //! [`MAX_READ_BYTES`] (the base64 reply must fit the 10 MiB frame).
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
-use rustix::io::Errno;
+use cowork_policy::mounts::{MountMap, parse_guest_path};
+use cowork_policy::paths::{is_within, normalize};
 
-/// Largest file returned (7 MiB; base64 makes it ~9.3 MiB).
-pub const MAX_READ_BYTES: u64 = 7 * 1024 * 1024;
+use crate::backend::PinnedMount;
+pub use crate::sys::pin::MAX_READ_BYTES;
+use crate::sys::pin::{PinError, PinnedDir, read_file_beneath};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadFileError {
     #[error("Cannot translate guest path: {0}")]
     Untranslatable(String),
-    #[error("Access denied: path outside home directory")]
-    OutsideHome,
-    #[error("Access denied: {0} resolves outside the folder it was addressed through")]
-    Escapes(PathBuf),
-    #[error("{0} is not a regular file")]
-    NotRegular(PathBuf),
-    #[error("{path} is {size} bytes; readFile returns at most {max} bytes")]
-    TooLarge { path: PathBuf, size: u64, max: u64 },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("Access denied: {0} is not inside a folder mounted into the session")]
+    OutsideMounts(String),
+    #[error("{0}")]
+    Pin(#[from] PinError),
 }
 
-fn io_err(path: &Path, source: impl Into<std::io::Error>) -> ReadFileError {
-    ReadFileError::Io {
-        path: path.to_path_buf(),
-        source: source.into(),
+/// A session's mounts as `readFile` resolves through them.
+#[derive(Debug, Clone, Default)]
+pub struct SessionMounts {
+    pub map: MountMap,
+    pub pinned: Vec<PinnedMount>,
+}
+
+impl SessionMounts {
+    fn pinned(&self, name: &str) -> Option<&PinnedMount> {
+        self.pinned.iter().find(|m| m.mount.name == name)
+    }
+
+    /// The pinned mount and the path below it for `path` (a guest path of
+    /// any session, or an absolute host path).
+    pub fn resolve(&self, path: &str) -> Result<(Arc<PinnedDir>, PathBuf), ReadFileError> {
+        if path.starts_with("/sessions/") {
+            let untranslatable = || ReadFileError::Untranslatable(path.to_string());
+            let guest = parse_guest_path(path).ok_or_else(untranslatable)?;
+            let mount = self.map.lookup(guest.mount).ok_or_else(untranslatable)?;
+            let pinned = self.pinned(&mount.name).ok_or_else(untranslatable)?;
+            let rel = below(guest.rest).ok_or_else(untranslatable)?;
+            return Ok((pinned.dir.clone(), rel));
+        }
+        let outside = || ReadFileError::OutsideMounts(path.to_string());
+        if !path.starts_with('/') {
+            return Err(outside());
+        }
+        let abs = normalize(Path::new(path));
+        // The most specific mount holding it.
+        let mount = self
+            .pinned
+            .iter()
+            .filter(|m| is_within(&abs, &m.mount.host))
+            .max_by_key(|m| m.mount.host.components().count())
+            .ok_or_else(outside)?;
+        let rel = abs
+            .strip_prefix(&mount.mount.host)
+            .map_err(|_| outside())?
+            .to_path_buf();
+        Ok((mount.dir.clone(), rel))
     }
 }
 
-/// Reads `path`, which must resolve to a regular file inside `base`.
-pub fn read_confined(path: &Path, base: &Path) -> Result<Vec<u8>, ReadFileError> {
-    let base_real = std::fs::canonicalize(base).map_err(|e| io_err(base, e))?;
-    let real = std::fs::canonicalize(path).map_err(|e| io_err(path, e))?;
-    let rel = real
-        .strip_prefix(&base_real)
-        .map_err(|_| ReadFileError::Escapes(path.to_path_buf()))?;
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let dir = rustix::fs::open(
-        &base_real,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(&base_real, e))?;
-    let fd: OwnedFd = match rustix::fs::openat2(
-        &dir,
-        rel,
-        flags,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => fd,
-        // Something became a symlink, or moved out, since the check.
-        Err(Errno::LOOP | Errno::XDEV) => return Err(ReadFileError::Escapes(path.to_path_buf())),
-        Err(Errno::NOSYS) => open_and_verify(&real, &base_real, flags, path)?,
-        Err(e) => return Err(io_err(path, e)),
-    };
-    let file = File::from(fd);
-    let meta = file.metadata().map_err(|e| io_err(path, e))?;
-    if !meta.is_file() {
-        return Err(ReadFileError::NotRegular(path.to_path_buf()));
+/// `rest` of a guest path (`""` or `/a/b`) as a path below its mount, `..`
+/// refused (the kernel refuses it too, but a clear error is better).
+fn below(rest: &str) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            p => out.push(p),
+        }
     }
-    if meta.len() > MAX_READ_BYTES {
-        return Err(ReadFileError::TooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-            max: MAX_READ_BYTES,
-        });
-    }
-    let mut content = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_READ_BYTES + 1)
-        .read_to_end(&mut content)
-        .map_err(|e| io_err(path, e))?;
-    if content.len() as u64 > MAX_READ_BYTES {
-        return Err(ReadFileError::TooLarge {
-            path: path.to_path_buf(),
-            size: content.len() as u64,
-            max: MAX_READ_BYTES,
-        });
-    }
-    Ok(content)
+    Some(out)
 }
 
-/// Kernels before 5.6 lack `openat2`: open without following a final
-/// symlink, then check where the descriptor really points.
-fn open_and_verify(
-    real: &Path,
-    base_real: &Path,
-    flags: OFlags,
-    shown: &Path,
-) -> Result<OwnedFd, ReadFileError> {
-    let fd = rustix::fs::open(real, flags | OFlags::NOFOLLOW, Mode::empty())
-        .map_err(|e| io_err(shown, e))?;
-    let link = std::fs::read_link(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    ))
-    .map_err(|e| io_err(shown, e))?;
-    if !link.starts_with(base_real) {
-        return Err(ReadFileError::Escapes(shown.to_path_buf()));
-    }
-    Ok(fd)
+/// Reads the file `rel` below the pinned mount `dir`.
+pub fn read_pinned(dir: &PinnedDir, rel: &Path) -> Result<Vec<u8>, ReadFileError> {
+    let shown = dir.path.join(rel);
+    Ok(read_file_beneath(&dir.fd, rel, &shown)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::pin::pin_dir;
+    use cowork_policy::mounts::{Mount, MountMode};
     use std::os::unix::fs::symlink;
 
-    #[test]
-    fn confinement_table() {
-        let t = tempfile::tempdir().unwrap();
-        let base = t.path().join("mount");
-        let outside = t.path().join("secret");
-        std::fs::create_dir_all(base.join("sub")).unwrap();
-        std::fs::write(&outside, b"secret").unwrap();
-        std::fs::write(base.join("sub/ok.txt"), b"fine").unwrap();
-        symlink(&outside, base.join("evil")).unwrap();
-        symlink("sub/ok.txt", base.join("inner-link")).unwrap();
-        symlink(base.join("sub/ok.txt"), base.join("abs-inner-link")).unwrap();
-        symlink(t.path(), base.join("dir-escape")).unwrap();
-        make_fifo(&base.join("fifo"));
-
-        let ok = |p: &str| read_confined(&base.join(p), &base).map(String::from_utf8);
-        assert_eq!(ok("sub/ok.txt").unwrap().unwrap(), "fine");
-        assert_eq!(ok("inner-link").unwrap().unwrap(), "fine");
-        assert_eq!(ok("abs-inner-link").unwrap().unwrap(), "fine");
-        assert!(matches!(ok("evil"), Err(ReadFileError::Escapes(_))));
-        assert!(matches!(
-            ok("dir-escape/secret"),
-            Err(ReadFileError::Escapes(_))
-        ));
-        assert!(matches!(ok("sub"), Err(ReadFileError::NotRegular(_))));
-        assert!(matches!(ok("fifo"), Err(ReadFileError::NotRegular(_))));
-        assert!(matches!(ok("missing"), Err(ReadFileError::Io { .. })));
+    fn mounts(home: &Path, names: &[(&str, &str)]) -> SessionMounts {
+        let mut s = SessionMounts::default();
+        for (name, rel) in names {
+            let host = home.join(rel);
+            std::fs::create_dir_all(&host).unwrap();
+            let mount = Mount {
+                name: name.to_string(),
+                host: host.clone(),
+                mode: MountMode::ReadWrite,
+            };
+            s.map.insert(mount.clone());
+            s.pinned.push(PinnedMount {
+                mount,
+                dir: Arc::new(pin_dir(&host, home, home, false).unwrap()),
+            });
+        }
+        s
     }
 
-    fn make_fifo(path: &Path) {
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            path,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+    #[test]
+    fn guest_and_host_paths_resolve_through_the_mounts_only() {
+        let t = tempfile::tempdir().unwrap();
+        let home = std::fs::canonicalize(t.path()).unwrap();
+        let s = mounts(&home, &[("proj", "proj"), ("deep", "proj/sub")]);
+        std::fs::write(home.join("proj/a.txt"), "A").unwrap();
+        std::fs::write(home.join("proj/sub/b.txt"), "B").unwrap();
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::write(home.join(".ssh/id_rsa"), "KEY").unwrap();
+        symlink(home.join(".ssh/id_rsa"), home.join("proj/key")).unwrap();
+        let read = |p: &str| {
+            s.resolve(p)
+                .and_then(|(dir, rel)| read_pinned(&dir, &rel))
+                .map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(read("/sessions/x/mnt/proj/a.txt").unwrap(), "A");
+        assert_eq!(read("/sessions/x/mnt/deep/b.txt").unwrap(), "B");
+        let host_a = home.join("proj/a.txt");
+        assert_eq!(read(host_a.to_str().unwrap()).unwrap(), "A");
+        let (dir, rel) = s
+            .resolve(home.join("proj/sub/b.txt").to_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            (dir.path.clone(), rel),
+            (home.join("proj/sub"), "b.txt".into())
+        );
+        // The attacks.
+        let key = home.join(".ssh/id_rsa");
+        assert!(matches!(
+            read(key.to_str().unwrap()),
+            Err(ReadFileError::OutsideMounts(_))
+        ));
+        assert!(matches!(
+            read("/sessions/x/mnt/proj/key"),
+            Err(ReadFileError::Pin(PinError::Symlink(_)))
+        ));
+        let via_host = home.join("proj/key");
+        assert!(matches!(
+            read(via_host.to_str().unwrap()),
+            Err(ReadFileError::Pin(PinError::Symlink(_)))
+        ));
+        assert!(matches!(
+            read("/sessions/x/mnt/proj/../.ssh/id_rsa"),
+            Err(ReadFileError::Untranslatable(_))
+        ));
+        let dotdot = format!("{}/proj/../.ssh/id_rsa", home.display());
+        assert!(matches!(
+            read(&dotdot),
+            Err(ReadFileError::OutsideMounts(_))
+        ));
+        assert!(matches!(
+            read("relative.txt"),
+            Err(ReadFileError::OutsideMounts(_))
+        ));
+        assert!(matches!(
+            read("/sessions/x/mnt/nope/a"),
+            Err(ReadFileError::Untranslatable(_))
+        ));
     }
 
     #[test]
     fn too_large_files_are_refused() {
         let t = tempfile::tempdir().unwrap();
-        let f = t.path().join("big");
-        let file = File::create(&f).unwrap();
+        let home = std::fs::canonicalize(t.path()).unwrap();
+        let s = mounts(&home, &[("proj", "proj")]);
+        let file = std::fs::File::create(home.join("proj/big")).unwrap();
         file.set_len(MAX_READ_BYTES + 1).unwrap();
+        let (dir, rel) = s.resolve("/sessions/x/mnt/proj/big").unwrap();
         assert!(matches!(
-            read_confined(&f, t.path()),
-            Err(ReadFileError::TooLarge { .. })
+            read_pinned(&dir, &rel),
+            Err(ReadFileError::Pin(PinError::TooLarge { .. }))
         ));
     }
 }

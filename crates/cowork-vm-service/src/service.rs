@@ -5,7 +5,7 @@
 //! the client expects in the result (`readFile`) stay in `result.error`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,10 +16,9 @@ use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env, sandbox_env};
 use cowork_policy::fs_view::FsView;
 use cowork_policy::mounts::{
     Mount, MountMap, MountMode, MountRules, build_mount_map, check_mount_source, guest_session,
-    parse_guest_path,
 };
 use cowork_policy::names::{validate_mount_name, validate_session_name};
-use cowork_policy::paths::{is_within, join_within, normalize, resolve_subpath};
+use cowork_policy::paths::resolve_subpath;
 use cowork_policy::selection::{
     BackendKind, BwrapStatus, Selection, probe_failure_cause, select_backend,
 };
@@ -38,16 +37,18 @@ use crate::backend::bwrap::{BwrapBackend, BwrapSettings};
 use crate::backend::host::HostBackend;
 use crate::backend::probe::RealProbe;
 use crate::backend::unavailable::UnavailableBackend;
-use crate::backend::{Backend, BackendPlan, SpawnJob, Spawned, plan_backend};
+use crate::backend::{Backend, BackendPlan, PinnedMount, SpawnJob, Spawned, plan_backend};
 use crate::dirs::Dirs;
 use crate::events::EventHub;
 use crate::logging::{LIFECYCLE, LogControl};
 use crate::process_events::ProcessEvents;
 use crate::processes::{ProcessTable, TableError};
-use crate::read_file::{ReadFileError, read_confined};
+use crate::read_file::{ReadFileError, SessionMounts, read_pinned};
 use crate::real_fs::RealFs;
 use crate::sessions::SessionStore;
 use crate::supervise::OutputSink as _;
+use crate::sys::pin::{PinError, PinnedDir, pin_dir};
+use cowork_policy::confine::limits::{LimitRequest, PidsMax, SessionLimits};
 
 /// Extra method (not sent by the client): which backend serves, for `run`
 /// and `--doctor`.
@@ -65,17 +66,16 @@ pub struct ServiceConfig {
     pub socket: PathBuf,
 }
 
-#[derive(Default)]
 struct SharedState {
     sdk_binary: Option<PathBuf>,
     approved_token: Option<String>,
     /// `mountPath` results per session ("" = for every session).
     mount_binds: HashMap<String, Vec<Mount>>,
-    /// The mount map of each session's latest spawn (for `readFile`).
-    session_mounts: HashMap<String, MountMap>,
+    /// The mounts of each session's latest spawn, pinned (for `readFile`).
+    session_mounts: HashMap<String, SessionMounts>,
     last_session: Option<String>,
-    memory_mb: Option<u64>,
-    cpu_count: Option<u32>,
+    /// What `configure` and `startVM` asked sessions to be limited to.
+    limits: SessionLimits,
 }
 
 pub struct Service {
@@ -113,7 +113,14 @@ impl Service {
             socket: config.socket,
             backend: OnceCell::new(),
             selection: OnceCell::new(),
-            state: Mutex::new(SharedState::default()),
+            state: Mutex::new(SharedState {
+                sdk_binary: None,
+                approved_token: None,
+                mount_binds: HashMap::new(),
+                session_mounts: HashMap::new(),
+                last_session: None,
+                limits: SessionLimits::from_requests(&[], pids_max()),
+            }),
         })
     }
 
@@ -329,22 +336,28 @@ impl Service {
 
     fn configure(&self, p: ConfigureParams) -> MethodResult {
         let mut state = self.state();
-        if p.memory_mb.is_some() {
-            state.memory_mb = p.memory_mb;
-        }
-        if p.cpu_count.is_some() {
-            state.cpu_count = p.cpu_count;
-        }
+        state.limits = state.limits.with_request(&LimitRequest::Configure {
+            memory_mb: p.memory_mb,
+            cpu_count: p.cpu_count,
+        });
         tracing::debug!(
-            "configured: memoryMB={:?} cpuCount={:?} userDataName={:?}",
-            state.memory_mb,
-            state.cpu_count,
-            p.user_data_name
+            "configured: memoryMB={:?} cpuCount={:?} userDataName={:?}; session limits {:?}",
+            p.memory_mb,
+            p.cpu_count,
+            p.user_data_name,
+            state.limits
         );
         Ok(json!({}))
     }
 
     async fn start_vm(&self, p: StartVmParams) -> MethodResult {
+        {
+            let mut state = self.state();
+            state.limits = state.limits.with_request(&LimitRequest::StartVm {
+                memory_gb: p.memory_gb,
+                cpu_count: p.cpu_count,
+            });
+        }
         let backend = self.backend().await;
         backend.start(&p).await.map_err(|e| e.to_string())?;
         self.hub.set_network(NetworkStatus::Connected).await;
@@ -436,11 +449,19 @@ impl Service {
                 )
                 .await;
         }
-        {
+        let (mounts, pinned) = self.pin_mounts(&p.id, mounts, backend.is_isolated()).await;
+        let limits = {
             let mut state = self.state();
-            state.session_mounts.insert(p.name.clone(), mounts.clone());
+            state.session_mounts.insert(
+                p.name.clone(),
+                SessionMounts {
+                    map: mounts.clone(),
+                    pinned: pinned.clone(),
+                },
+            );
             state.last_session = Some(p.name.clone());
-        }
+            state.limits
+        };
         let app_env = p.env.map(|e| e.0).unwrap_or_default();
         let mut env = if backend.is_isolated() {
             sandbox_env(&self.daemon_env, &app_env)
@@ -461,6 +482,8 @@ impl Service {
             session_dir,
             mount_skeleton_home: p.mount_skeleton_home.unwrap_or(false),
             allowed_domains: p.allowed_domains,
+            pinned,
+            limits,
         };
         let spawned = backend.spawn(job, self.events.clone()).await;
         // The command is running (or failed): a good moment to replace the
@@ -471,6 +494,62 @@ impl Service {
             Spawned::Ended => {}
         }
         Ok(json!({}))
+    }
+
+    /// Opens every mount's folder beneath the root it was granted under,
+    /// without following symlinks (see [`crate::sys::pin`]); one that
+    /// cannot be is refused like a policy refusal. Isolating backends get
+    /// missing folders made (`.claude` may not exist yet).
+    async fn pin_mounts(
+        &self,
+        id: &str,
+        mounts: MountMap,
+        create: bool,
+    ) -> (MountMap, Vec<PinnedMount>) {
+        let (home, home_real) = (self.dirs.home.clone(), self.dirs.home_real.clone());
+        let wanted: Vec<Mount> = mounts.iter().cloned().collect();
+        let results = blocking(move || {
+            wanted
+                .into_iter()
+                .map(|m| {
+                    let pinned = pin_dir(&m.host, &home, &home_real, create);
+                    (m, pinned)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut kept = MountMap::new();
+        let mut pinned = Vec::new();
+        for (mount, result) in results {
+            match result {
+                Ok(dir) => {
+                    kept.insert(mount.clone());
+                    pinned.push(PinnedMount {
+                        mount,
+                        dir: Arc::new(dir),
+                    });
+                }
+                // A missing folder on the host backend: nothing to pin,
+                // nothing to read (the reference ran such spawns anyway).
+                Err(PinError::Io { source, .. })
+                    if !create && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    kept.insert(mount);
+                }
+                Err(e) => {
+                    tracing::warn!("spawn {id}: mount {:?} refused: {e}", mount.name);
+                    self.events
+                        .output(
+                            id,
+                            cowork_protocol::event::Stream::Stderr,
+                            format!("cowork-vm-service: mount {:?} refused: {e}\n", mount.name),
+                        )
+                        .await;
+                }
+            }
+        }
+        (kept, pinned)
     }
 
     async fn kill(&self, p: KillParams) -> MethodResult {
@@ -545,7 +624,7 @@ impl Service {
     async fn read_file(&self, p: ReadFileParams) -> MethodResult {
         let target = self.read_target(&p);
         let outcome = match target {
-            Ok((path, base)) => blocking(move || read_confined(&path, &base)).await?,
+            Ok((dir, rel)) => blocking(move || read_pinned(&dir, &rel)).await?,
             Err(e) => Err(e),
         };
         Ok(match outcome {
@@ -559,40 +638,32 @@ impl Service {
         })
     }
 
-    /// The host file a `readFile` names, and the folder it must stay in.
-    fn read_target(&self, p: &ReadFileParams) -> Result<(PathBuf, PathBuf), ReadFileError> {
+    /// The pinned mount a `readFile` goes through, and the path below it:
+    /// the session named by a guest path, else `processName`, else the
+    /// latest session.
+    fn read_target(&self, p: &ReadFileParams) -> Result<(Arc<PinnedDir>, PathBuf), ReadFileError> {
         let path = p.file_path.as_str();
-        if path.starts_with("/sessions/") {
-            let untranslatable = || ReadFileError::Untranslatable(path.to_string());
-            let state = self.state();
-            let map = guest_session(path)
-                .and_then(|s| state.session_mounts.get(s))
-                .or_else(|| {
-                    p.process_name
-                        .as_deref()
-                        .and_then(|s| state.session_mounts.get(s))
-                })
-                .or_else(|| {
-                    state
-                        .last_session
-                        .as_deref()
-                        .and_then(|s| state.session_mounts.get(s))
-                })
-                .ok_or_else(untranslatable)?;
-            let guest = parse_guest_path(path).ok_or_else(untranslatable)?;
-            let mount = map.lookup(guest.mount).ok_or_else(untranslatable)?;
-            let host = join_within(&mount.host, guest.rest).ok_or_else(untranslatable)?;
-            return Ok((host, mount.host.clone()));
+        let state = self.state();
+        let mounts = guest_session(path)
+            .and_then(|s| state.session_mounts.get(s))
+            .or_else(|| {
+                p.process_name
+                    .as_deref()
+                    .and_then(|s| state.session_mounts.get(s))
+            })
+            .or_else(|| {
+                state
+                    .last_session
+                    .as_deref()
+                    .and_then(|s| state.session_mounts.get(s))
+            });
+        match mounts {
+            Some(m) => m.resolve(path),
+            None if path.starts_with("/sessions/") => {
+                Err(ReadFileError::Untranslatable(path.to_string()))
+            }
+            None => Err(ReadFileError::OutsideMounts(path.to_string())),
         }
-        if !path.starts_with('/') {
-            return Err(ReadFileError::OutsideHome);
-        }
-        let abs = normalize(Path::new(path));
-        let in_home = is_within(&abs, &self.dirs.home) || is_within(&abs, &self.dirs.home_real);
-        if !in_home {
-            return Err(ReadFileError::OutsideHome);
-        }
-        Ok((abs, self.dirs.home_real.clone()))
     }
 
     /// Records where the SDK binary is. A missing one is not an error (it
@@ -631,9 +702,20 @@ impl Service {
             "backend": backend.kind().as_str(),
             "isolated": backend.is_isolated(),
             "reason": selection.reason,
-            "warnings": selection.warnings,
+            "warnings": selection.warnings.iter().chain(backend.warnings().iter()).collect::<Vec<_>>(),
+            "confinement": backend.confinement(),
         }))
     }
+}
+
+/// `COWORK_VM_PIDS_MAX` (default 4096; `max` for no limit); a bad value is
+/// logged and the default kept.
+fn pids_max() -> PidsMax {
+    let value = std::env::var("COWORK_VM_PIDS_MAX").ok();
+    PidsMax::from_env(value.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        PidsMax::from_env(None).unwrap_or_default()
+    })
 }
 
 /// Selection input that always ends at the host backend (used only when

@@ -314,7 +314,7 @@ mod tests {
                 src: "/home/u/.cache/x".into(),
                 dst: "/cache".into(),
             }],
-            disabled: vec![],
+            ..Default::default()
         };
         let plan = plan_with(&config, Some(Path::new("/home/u/.config/Claude/sdk/2.1")));
         let got: Vec<(&str, PathAccess)> = plan

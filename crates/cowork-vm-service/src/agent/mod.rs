@@ -22,6 +22,7 @@
 
 mod child_signals;
 mod children;
+mod confine;
 mod descendants;
 mod first_request;
 
@@ -89,6 +90,12 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
                 eprintln!("cowork-vm-service agent: cannot create a session keyring: {e}");
                 return ExitCode::from(2);
             }
+            // The one confinement stage (see `confine`): on ourselves, once,
+            // before any command exists, so every command inherits it.
+            if let Err(e) = confine_self() {
+                eprintln!("cowork-vm-service agent: {e}");
+                return ExitCode::from(2);
+            }
         }
         AgentMode::Host => {
             // Orphans (double forks, setsid, nohup) are re-parented to us,
@@ -124,6 +131,22 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
         }
     }
 }
+
+/// Applies the plan the daemon put in our environment (fail closed: no
+/// plan, no commands).
+fn confine_self() -> Result<(), String> {
+    use cowork_policy::confine::{CONFINE_PLAN_ENV, ConfinePlan};
+    let text = std::env::var(CONFINE_PLAN_ENV)
+        .map_err(|_| format!("no confinement plan in {CONFINE_PLAN_ENV}"))?;
+    let plan = ConfinePlan::from_json(&text).map_err(|e| format!("confinement plan: {e}"))?;
+    let report = confine::apply(&plan).map_err(|e| format!("confinement: {e}"))?;
+    CONFINEMENT.set(report).ok();
+    Ok(())
+}
+
+/// What [`confine_self`] applied, reported to the daemon in `ready`.
+static CONFINEMENT: std::sync::OnceLock<cowork_policy::confine::ConfineReport> =
+    std::sync::OnceLock::new();
 
 /// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session
 /// keyring for this process and everything it starts.
@@ -163,6 +186,7 @@ async fn serve(
     out.send(&FromAgent::Ready {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        confinement: CONFINEMENT.get().and_then(|r| serde_json::to_value(r).ok()),
     })
     .await;
     let children = Children::start(out.clone(), mode)?;

@@ -66,17 +66,29 @@ pub enum LinkError {
 
 type Reply = Result<Value, String>;
 
+/// Reads a sandbox's OOM-kill counter (its memory cgroup's).
+pub type OomCounter = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+struct Tracked {
+    /// The agent confirmed starting it.
+    confirmed: bool,
+    /// The OOM-kill counter when it was asked for.
+    oom_base: u64,
+}
+
 struct LinkState {
     pending: HashMap<u64, oneshot::Sender<Reply>>,
-    /// Client ids of processes asked for here and not yet exited, with
-    /// whether the agent has confirmed starting them.
-    running: HashMap<String, bool>,
+    /// Processes asked for here and not yet exited, by client id.
+    running: HashMap<String, Tracked>,
     /// Pending `spawn` requests: request id -> process id.
     spawning: HashMap<u64, String>,
 }
 
 pub struct AgentLink {
     tx: Mutex<Option<mpsc::Sender<Bytes>>>,
+    oom: Option<OomCounter>,
+    /// The confinement the agent reported in its `ready`.
+    confinement: Mutex<Option<Value>>,
     next_id: AtomicU64,
     alive: AtomicBool,
     state: Mutex<LinkState>,
@@ -85,11 +97,23 @@ pub struct AgentLink {
 impl AgentLink {
     /// Starts the reader and writer tasks on `stream`.
     pub fn start(stream: UnixStream, events: ProcessEvents) -> Arc<Self> {
+        Self::start_with_oom(stream, events, None)
+    }
+
+    /// [`Self::start`], with the sandbox's OOM-kill counter: an exit whose
+    /// process saw the counter rise carries `oomKillCount`.
+    pub fn start_with_oom(
+        stream: UnixStream,
+        events: ProcessEvents,
+        oom: Option<OomCounter>,
+    ) -> Arc<Self> {
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Bytes>(1024);
         tokio::spawn(write_frames(write_half, rx));
         let link = Arc::new(Self {
             tx: Mutex::new(Some(tx)),
+            oom,
+            confinement: Mutex::new(None),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             state: Mutex::new(LinkState {
@@ -117,13 +141,34 @@ impl AgentLink {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The confinement report of the agent, once it is ready.
+    pub fn confinement(&self) -> Option<Value> {
+        self.confinement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
 
     /// Marks `id` as a process of this sandbox (before asking for it).
     pub fn track(&self, id: &str) {
-        self.lock().running.insert(id.to_string(), false);
+        let oom_base = self.oom.as_ref().map_or(0, |count| count());
+        self.lock().running.insert(
+            id.to_string(),
+            Tracked {
+                confirmed: false,
+                oom_base,
+            },
+        );
+    }
+
+    /// OOM kills in the sandbox since `base`, if any.
+    fn oom_kills_since(&self, base: u64) -> Option<u64> {
+        let now = self.oom.as_ref()?();
+        (now > base).then(|| now - base)
     }
 
     pub fn untrack(&self, id: &str) {
@@ -222,8 +267,16 @@ impl AgentLink {
     async fn dispatch(&self, message: FromAgent, events: &ProcessEvents) {
         let is_ours = |id: &str| self.lock().running.contains_key(id);
         match message {
-            FromAgent::Ready { pid, version } => {
+            FromAgent::Ready {
+                pid,
+                version,
+                confinement,
+            } => {
                 tracing::debug!("sandbox agent ready (pid {pid}, version {version})");
+                if let Some(report) = confinement {
+                    tracing::debug!("sandbox agent confined: {report}");
+                    *self.confinement.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+                }
             }
             FromAgent::Response { id, result, error } => {
                 let waiter = {
@@ -232,9 +285,9 @@ impl AgentLink {
                     // wakes: from here a closing channel reports it.
                     if let Some(process) = state.spawning.remove(&id)
                         && error.is_none()
-                        && let Some(confirmed) = state.running.get_mut(&process)
+                        && let Some(tracked) = state.running.get_mut(&process)
                     {
-                        *confirmed = true;
+                        tracked.confirmed = true;
                     }
                     state.pending.remove(&id)
                 };
@@ -255,10 +308,14 @@ impl AgentLink {
                 events.error(&id, message).await;
             }
             FromAgent::Exit { id, code, signal } => {
-                let was_running = self.lock().running.remove(&id).is_some();
-                if was_running {
+                let tracked = self.lock().running.remove(&id);
+                if let Some(tracked) = tracked {
                     let signal = signal.map(|s| parse_signal(&s).number());
-                    events.exited(&id, ExitInfo { code, signal }).await;
+                    let exit = ExitInfo { code, signal };
+                    match self.oom_kills_since(tracked.oom_base) {
+                        Some(kills) => events.exited_after_oom(&id, exit, kills).await,
+                        None => events.exited(&id, exit).await,
+                    }
                 }
             }
             FromAgent::Stdout { id, .. }
@@ -278,28 +335,28 @@ impl AgentLink {
             state.spawning.clear();
             // Unconfirmed ones stay: their spawner reports them and
             // untracks them.
-            let confirmed: Vec<String> = state
+            let confirmed: Vec<(String, u64)> = state
                 .running
                 .iter()
-                .filter(|(_, confirmed)| **confirmed)
-                .map(|(id, _)| id.clone())
+                .filter(|(_, t)| t.confirmed)
+                .map(|(id, t)| (id.clone(), t.oom_base))
                 .collect();
-            for id in &confirmed {
+            for (id, _) in &confirmed {
                 state.running.remove(id);
             }
             (pending, confirmed)
         };
         drop(pending);
-        for id in running {
-            events
-                .exited(
-                    &id,
-                    ExitInfo {
-                        code: None,
-                        signal: Some(SIGKILL),
-                    },
-                )
-                .await;
+        for (id, oom_base) in running {
+            let exit = ExitInfo {
+                code: None,
+                signal: Some(SIGKILL),
+            };
+            // The OOM killer may have taken the agent, and the sandbox with it.
+            match self.oom_kills_since(oom_base) {
+                Some(kills) => events.exited_after_oom(&id, exit, kills).await,
+                None => events.exited(&id, exit).await,
+            }
         }
     }
 }

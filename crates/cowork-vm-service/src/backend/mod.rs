@@ -29,6 +29,8 @@ use cowork_protocol::params::StartVmParams;
 use crate::process_events::ProcessEvents;
 use crate::processes::ProcessControl;
 use crate::sessions::SessionDir;
+use crate::sys::pin::PinnedDir;
+use cowork_policy::confine::limits::SessionLimits;
 
 /// What the daemon builds for a [`Selection`]; `--doctor` reports the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,17 @@ pub struct SpawnJob {
     pub session_dir: SessionDir,
     pub mount_skeleton_home: bool,
     pub allowed_domains: Option<Vec<String>>,
+    /// `mounts`, each with its folder pinned (same order).
+    pub pinned: Vec<PinnedMount>,
+    /// What the client asked each session to be limited to.
+    pub limits: SessionLimits,
+}
+
+/// A session mount with its folder held open (see [`crate::sys::pin`]).
+#[derive(Debug, Clone)]
+pub struct PinnedMount {
+    pub mount: cowork_policy::mounts::Mount,
+    pub dir: Arc<PinnedDir>,
 }
 
 /// What a spawn led to.
@@ -134,6 +147,16 @@ pub trait Backend: Send + Sync {
     /// there (before its directory is deleted); false if it is in use.
     async fn retire_session(&self, _session: &str) -> bool {
         true
+    }
+    /// Lasting facts about this backend users should know (for
+    /// `getDaemonInfo`, `run` and `--doctor`).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The confinement the newest sandbox's agent reported (seccomp,
+    /// Landlock ABI), if any.
+    fn confinement(&self) -> Option<serde_json::Value> {
+        None
     }
 }
 

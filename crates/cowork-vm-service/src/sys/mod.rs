@@ -1,5 +1,8 @@
 //! Host system plumbing used by the daemon: inherited descriptors, tree
 //! walks, per-session cgroups.
 
+pub mod cgroup;
 pub mod fds;
+pub mod pin;
+pub mod spawn;
 pub mod tree;

@@ -49,31 +49,35 @@ fn sh(d: &Daemon, session: &str, id: &str, script: &str, extra: Value) -> Outcom
     run_in(d, session, id, &["/bin/sh", "-c", script], extra)
 }
 
-/// Processes on the host whose command line contains `needle`.
-fn pids_containing(needle: &str) -> Vec<i32> {
+/// The bwrap processes serving this daemon's sessions.
+fn sandboxes_of(d: &Daemon) -> Vec<i32> {
+    children_of(d.pid())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("/run/cowork-vm-service/agent"))
+        })
+        .collect()
+}
+
+/// Pids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if pid == std::process::id() as i32 {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(needle)
-        {
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if after.split_whitespace().nth(1) == Some(&parent.to_string()) {
             found.push(pid);
         }
     }
     found
-}
-
-/// The bwrap processes serving this daemon's sessions.
-fn sandboxes_of(d: &Daemon) -> Vec<i32> {
-    let state = d.home.join(".local/share/cowork-vm-service/sessions");
-    pids_containing(&format!("--bind {}", state.display()))
 }
 
 #[test]

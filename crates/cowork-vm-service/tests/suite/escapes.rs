@@ -32,15 +32,26 @@ fn py(d: &Daemon, session: &str, id: &str, code: &str, extra: Value) -> Outcome 
     run_in(d, session, id, &["/usr/bin/python3", "-c", code], extra)
 }
 
-/// Nested directories `d/d/d/...` under the sandbox's /tmp, deeper than
-/// any recursive walk survives.
+/// Nested directories `d/d/d/...` under the sandbox's /tmp, 16,000 deep
+/// (deeper than any recursive walk survives). Landlock makes every access
+/// cost a walk up to the root, so one 16,000-level loop would be
+/// quadratic: sixteen 1,000-level chains are made near /tmp and moved to
+/// the bottom of one another instead.
 const DEEP_CHAIN: &str = "import os\n\
-    fd = os.open('/tmp', os.O_RDONLY)\n\
-    os.mkdir('deep', dir_fd=fd)\n\
-    for i in range(16000):\n\
-    \x20   nfd = os.open('deep' if i == 0 else 'd', os.O_RDONLY, dir_fd=fd)\n\
-    \x20   os.close(fd); fd = nfd\n\
-    \x20   os.mkdir('d', dir_fd=fd)\n\
+    tmp = os.open('/tmp', os.O_RDONLY)\n\
+    def chain(name):\n\
+    \x20   os.mkdir(name, dir_fd=tmp)\n\
+    \x20   fd = os.open(name, os.O_RDONLY, dir_fd=tmp)\n\
+    \x20   for _ in range(999):\n\
+    \x20       os.mkdir('d', dir_fd=fd)\n\
+    \x20       nfd = os.open('d', os.O_RDONLY, dir_fd=fd)\n\
+    \x20       os.close(fd); fd = nfd\n\
+    \x20   return fd\n\
+    bottom = chain('deep')\n\
+    for k in range(15):\n\
+    \x20   nxt = chain('c%d' % k)\n\
+    \x20   os.rename('c%d' % k, 'd', src_dir_fd=tmp, dst_dir_fd=bottom)\n\
+    \x20   os.close(bottom); bottom = nxt\n\
     print('made')\n";
 
 #[test]

@@ -405,24 +405,30 @@ fn read_file_returns_base64_and_refuses_escapes() {
         .unwrap()
     };
     assert_eq!(decode(&read("/sessions/rs/mnt/proj/notes.txt")), "héllo\n");
-    assert_eq!(decode(&read("/sessions/rs/mnt/proj/inner")), "héllo\n");
+    // A host path inside a mount reads the same file.
     assert_eq!(
-        decode(&read(&format!("{}/top.txt", d.home.display()))),
-        "top"
+        decode(&read(&format!("{}/notes.txt", proj.display()))),
+        "héllo\n"
     );
+    let home = d.home.display();
     let denied = [
-        ("/sessions/rs/mnt/proj/planted", "resolves outside"),
-        ("/sessions/rs/mnt/proj/to-home", "resolves outside"),
+        ("/sessions/rs/mnt/proj/planted", "through a symlink"),
+        ("/sessions/rs/mnt/proj/to-home", "through a symlink"),
+        // No symlink is followed, not even one that stays inside.
+        ("/sessions/rs/mnt/proj/inner", "through a symlink"),
         (
             "/sessions/rs/mnt/proj/../../top.txt",
             "Cannot translate guest path",
         ),
         ("/sessions/rs/mnt/nomount/x", "Cannot translate guest path"),
-        ("/etc/passwd", "Access denied: path outside home directory"),
+        // Host paths must lie inside one of the session's mounts.
+        (&format!("{home}/top.txt"), "not inside a folder mounted"),
+        (&format!("{home}/proj/planted"), "through a symlink"),
+        ("/etc/passwd", "not inside a folder mounted"),
         ("relative/path", "Access denied"),
         ("/sessions/rs/mnt/proj/missing", "No such file"),
     ];
-    for (path, fragment) in denied {
+    for (path, fragment) in &denied {
         let r = read(path);
         let error = r["error"]
             .as_str()

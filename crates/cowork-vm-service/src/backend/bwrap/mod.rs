@@ -13,6 +13,8 @@
 //! and is then torn down. Idle sandboxes (no processes at all, background
 //! jobs included) are torn down after `COWORK_VM_IDLE_TIMEOUT_SECS`.
 
+mod identity;
+mod protect;
 mod sandbox;
 
 use std::collections::{HashMap, HashSet};
@@ -34,7 +36,9 @@ use super::agent_link::AgentProcess;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
 use crate::real_fs::RealFs;
-use sandbox::{Sandbox, SandboxEnv, SandboxKey};
+use crate::sys::cgroup::CgroupManager;
+use identity::Identity;
+use sandbox::{Sandbox, SandboxEnv, SandboxKey, StartRequest};
 
 /// Default idle time before a session sandbox is torn down.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -91,6 +95,7 @@ impl Slot {
 pub struct BwrapBackend {
     env: SandboxEnv,
     diagnosis: Option<String>,
+    warnings: Vec<String>,
     running: VmFlags,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     generation: AtomicU64,
@@ -125,8 +130,27 @@ impl BwrapBackend {
                 Default::default()
             }
         };
+        let mut warnings = Vec::new();
+        let identity = Identity::current();
+        if let Some(notice) = identity.notice() {
+            tracing::warn!("{notice}");
+            warnings.push(notice);
+        }
+        let cgroups = match CgroupManager::detect() {
+            Ok(m) => {
+                tracing::info!("session limits: {}", m.describe());
+                Some(m)
+            }
+            Err(not) => {
+                let w = format!("session limits (memory, CPU, processes) are not enforced: {not}");
+                tracing::warn!("{w}");
+                warnings.push(w);
+                None
+            }
+        };
         let backend = Arc::new(Self {
             diagnosis: settings.diagnosis,
+            warnings,
             env: SandboxEnv {
                 bwrap: settings.bwrap,
                 agent_binary,
@@ -134,6 +158,8 @@ impl BwrapBackend {
                 layout: host_layout(&fs),
                 config,
                 path_var: settings.path_var,
+                identity,
+                cgroups,
             },
             running: VmFlags::default(),
             slots: Mutex::new(HashMap::new()),
@@ -181,11 +207,15 @@ impl BwrapBackend {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let sandbox = Sandbox::start(
             &self.env,
-            &job.session,
-            &job.session_dir,
-            key,
-            generation,
-            events.clone(),
+            StartRequest {
+                session: &job.session,
+                dirs: &job.session_dir,
+                key,
+                generation,
+                events: events.clone(),
+                mounts: &job.pinned,
+                limits: &job.limits,
+            },
         )?;
         let mut state = slot.state();
         if let Some(old) = state.current.replace(sandbox.clone())
@@ -396,6 +426,19 @@ impl Backend for BwrapBackend {
             Some(s) => format!("{}/{mount_name}", session_mnt(s)),
             None => host.to_string_lossy().into_owned(),
         }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    fn confinement(&self) -> Option<serde_json::Value> {
+        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.state().current.clone())
+            .max_by_key(|sandbox| sandbox.generation)
+            .and_then(|sandbox| sandbox.link.confinement())
     }
 
     fn busy_sessions(&self) -> HashSet<String> {

@@ -1,21 +1,41 @@
 //! One session sandbox: a bwrap process whose pid 1 is our agent, reached
 //! through a socketpair end inherited across bwrap.
+//!
+//! Starting one: the sources of its binds are opened here without
+//! following symlinks (pinned) and passed to bwrap as descriptors; inside
+//! each writable mount the paths the host runs code from are found and
+//! bound read-only; the agent gets its confinement plan in its
+//! environment; bwrap starts inside the session's cgroup (when limits can
+//! be enforced) as the sandbox's host identity.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cowork_policy::bwrap_argv::{HostLayout, SandboxPlan, sandbox_argv};
+use cowork_policy::bwrap_argv::{
+    ExtraBind, HostLayout, PlannedMount, SandboxPlan, Source, sandbox_argv, session_mnt,
+};
 use cowork_policy::bwrap_config::BwrapMountsConfig;
-use cowork_policy::mounts::{Mount, MountMap};
+use cowork_policy::confine::landlock::LandlockInputs;
+use cowork_policy::confine::limits::{SessionLimits, TmpfsSizes};
+use cowork_policy::confine::{CONFINE_PLAN_ENV, ConfinePlan};
+use cowork_policy::mounts::{MountMap, MountMode};
+use rustix::fs::OFlags;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use super::identity::Identity;
+use super::protect::protections;
+use crate::backend::PinnedMount;
 use crate::backend::agent_link::{self, AgentLink};
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
+use crate::sys::cgroup::CgroupManager;
+use crate::sys::pin::pin_real;
+use crate::sys::spawn;
 
 /// What makes two spawns able to share a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,7 +46,7 @@ pub struct SandboxKey {
 }
 
 /// Host-wide inputs of every sandbox, fixed when the backend starts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SandboxEnv {
     pub bwrap: PathBuf,
     pub agent_binary: PathBuf,
@@ -34,6 +54,21 @@ pub struct SandboxEnv {
     pub layout: HostLayout,
     pub config: BwrapMountsConfig,
     pub path_var: Option<String>,
+    pub identity: Identity,
+    /// Where per-session cgroups are made, when limits can be enforced.
+    pub cgroups: Option<CgroupManager>,
+}
+
+/// What one sandbox start needs besides the host-wide inputs.
+pub struct StartRequest<'a> {
+    pub session: &'a str,
+    pub dirs: &'a SessionDir,
+    pub key: SandboxKey,
+    pub generation: u64,
+    pub events: ProcessEvents,
+    /// The key's mounts, pinned, in the same order.
+    pub mounts: &'a [PinnedMount],
+    pub limits: &'a SessionLimits,
 }
 
 /// How much of bwrap's stderr is kept for error messages.
@@ -49,41 +84,137 @@ pub struct Sandbox {
     stderr_done: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Descriptors handed to bwrap, numbered as it sees them.
+#[derive(Default)]
+struct Passed(Vec<OwnedFd>);
+
+impl Passed {
+    fn add(&mut self, fd: OwnedFd) -> Source {
+        let n = fd.as_raw_fd();
+        self.0.push(fd);
+        Source::Fd(n)
+    }
+
+    fn borrowed(&self) -> Vec<BorrowedFd<'_>> {
+        self.0.iter().map(AsFd::as_fd).collect()
+    }
+}
+
+fn pin_state(path: &Path, passed: &mut Passed, what: &str) -> Result<Source, String> {
+    pin_real(path, OFlags::DIRECTORY)
+        .map(|fd| passed.add(fd))
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// The session mounts and, inside the writable ones, the protection binds.
+fn plan_mounts(
+    session: &str,
+    mounts: &[PinnedMount],
+    config: &BwrapMountsConfig,
+    passed: &mut Passed,
+) -> Result<(Vec<PlannedMount>, Vec<ExtraBind>), String> {
+    let mnt = session_mnt(session);
+    let mut planned = Vec::with_capacity(mounts.len());
+    let mut extra = Vec::new();
+    for m in mounts {
+        let fd = m
+            .dir
+            .fd
+            .try_clone()
+            .map_err(|e| format!("mount {}: {e}", m.mount.name))?;
+        planned.push(PlannedMount {
+            name: m.mount.name.clone(),
+            source: passed.add(fd),
+            mode: m.mount.mode,
+        });
+        if m.mount.mode == MountMode::ReadWrite {
+            for p in protections(&m.dir.fd, &m.mount.host, &config.writable_protected) {
+                extra.push(ExtraBind {
+                    dest: format!("{mnt}/{}/{}", m.mount.name, p.rel.display()),
+                    mode: if p.read_only {
+                        MountMode::ReadOnly
+                    } else {
+                        MountMode::ReadWrite
+                    },
+                    source: passed.add(p.fd),
+                });
+            }
+        }
+    }
+    Ok((planned, extra))
+}
+
 impl Sandbox {
     /// Starts bwrap with the agent; returns without waiting for the agent
     /// (requests queue on the channel meanwhile).
-    pub fn start(
-        env: &SandboxEnv,
-        session: &str,
-        dirs: &SessionDir,
-        key: SandboxKey,
-        generation: u64,
-        events: ProcessEvents,
-    ) -> Result<Arc<Self>, String> {
-        let mounts = prepare_mounts(&key.mounts);
+    pub fn start(env: &SandboxEnv, req: StartRequest<'_>) -> Result<Arc<Self>, String> {
+        let StartRequest {
+            session,
+            dirs,
+            key,
+            generation,
+            events,
+            mounts,
+            limits,
+        } = req;
         if key.skeleton_home {
             dirs.ensure_home()
                 .map_err(|e| format!("cannot create {}: {e}", dirs.home.display()))?;
         }
+        if let Identity::InvokingUser { uid, gid } = env.identity {
+            give_to(dirs, key.skeleton_home, uid, gid)?;
+        }
+        let mut passed = Passed::default();
+        let session_tmp = pin_state(&dirs.tmp, &mut passed, "session /tmp")?;
+        let skeleton_home = match key.skeleton_home {
+            true => Some(pin_state(&dirs.home, &mut passed, "skeleton home")?),
+            false => None,
+        };
+        let sdk = match &key.sdk_dir {
+            Some(dir) => Some((pin_state(dir, &mut passed, "SDK")?, dir.as_path())),
+            None => None,
+        };
+        let agent_binary = pin_real(&env.agent_binary, OFlags::empty())
+            .map(|fd| passed.add(fd))
+            .map_err(|e| format!("agent binary: {e}"))?;
+        let (planned, extra) = plan_mounts(session, mounts, &env.config, &mut passed)?;
+        let confine = ConfinePlan::for_sandbox(&LandlockInputs {
+            layout: &env.layout,
+            home: &env.home,
+            sdk_dir: key.sdk_dir.as_deref(),
+            session,
+            mounts: &key.mounts,
+            config: &env.config,
+        })
+        .to_json()
+        .map_err(|e| format!("confinement plan: {e}"))?;
+        let agent_env = [(CONFINE_PLAN_ENV.to_string(), confine)];
+        let tmpfs = TmpfsSizes::for_memory(limits.memory_bytes);
+        let root_masks = match &env.identity {
+            Identity::Root { masks } => Some(masks),
+            _ => None,
+        };
         let (daemon_end, agent_end) =
             agent_link::channel().map_err(|e| format!("agent channel: {e}"))?;
         // The agent's end becomes bwrap's stdin, which bwrap hands on to
-        // the agent: no pre_exec, so std spawns with posix_spawn (vfork)
-        // instead of forking the multi-threaded daemon. No PDEATHSIG is
-        // needed either: when the daemon dies its end closes, the agent
-        // exits, and with pid 1 gone the whole sandbox and bwrap end.
-        let agent_fd = 0;
+        // the agent. No PDEATHSIG is needed: when the daemon dies its end
+        // closes, the agent exits, and with pid 1 gone the whole sandbox
+        // and bwrap end.
         let plan = SandboxPlan {
             session,
             home: &env.home,
-            session_tmp: &dirs.tmp,
-            skeleton_home: key.skeleton_home.then_some(dirs.home.as_path()),
-            sdk_dir: key.sdk_dir.as_deref(),
-            mounts: &mounts,
-            agent_binary: &env.agent_binary,
-            agent_fd,
+            session_tmp,
+            skeleton_home,
+            sdk,
+            mounts: &planned,
+            extra_binds: &extra,
+            agent_binary,
+            agent_fd: 0,
             layout: &env.layout,
             config: &env.config,
+            tmpfs: &tmpfs,
+            root_masks,
+            agent_env: &agent_env,
         };
         let argv = sandbox_argv(&plan);
         tracing::debug!(
@@ -101,9 +232,35 @@ impl Sandbox {
         if let Some(path) = &env.path_var {
             cmd.env("PATH", path);
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?;
+        if let Identity::InvokingUser { uid, gid } = env.identity {
+            // Root only: std then forks instead of posix_spawn (and drops
+            // root's supplementary groups), which costs a millisecond but
+            // is the only way to leave uid 0 without a pre_exec.
+            cmd.uid(uid).gid(gid);
+        }
+        let cgroup = match &env.cgroups {
+            Some(manager) => match manager.create(session, generation, limits) {
+                Ok(cg) => Some(Arc::new(cg)),
+                Err(e) => {
+                    tracing::warn!("session {session}: no cgroup, limits not enforced: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let fds = passed.borrowed();
+        let mut child = spawn::with_inherited(&fds, || {
+            // bwrap and everything in the sandbox start in the session's
+            // cgroup: the spawning thread is moved there for the spawn.
+            let _in_cgroup = match &cgroup {
+                Some(cg) => Some(cg.enter_current_thread().map_err(std::io::Error::other)?),
+                None => None,
+            };
+            cmd.spawn()
+        })
+        .map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?;
+        drop(fds);
+        drop(passed);
         let bwrap_pid = child
             .id()
             .and_then(|p| Pid::from_raw(p as i32))
@@ -129,6 +286,7 @@ impl Sandbox {
             });
         }
         let name = session.to_string();
+        let kept_cgroup = cgroup.clone();
         tokio::spawn(async move {
             match child.wait().await {
                 Ok(status) => {
@@ -136,8 +294,15 @@ impl Sandbox {
                 }
                 Err(e) => tracing::warn!("session {name}: waiting for bwrap: {e}"),
             }
+            // With bwrap gone, the sandbox's pid namespace is empty: the
+            // cgroup can go when the last holder lets go of it.
+            drop(kept_cgroup);
         });
-        let link = AgentLink::start(daemon_end, events);
+        let oom = cgroup.map(|cg| {
+            let counter: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || cg.oom_kills());
+            counter
+        });
+        let link = AgentLink::start_with_oom(daemon_end, events, oom);
         Ok(Arc::new(Self {
             generation,
             key,
@@ -187,61 +352,24 @@ impl Sandbox {
     }
 }
 
-/// Makes each mount's host folder usable: removes a self-referential
-/// symlink (`.mcpb-cache`, reference #342) and creates missing folders
-/// (`.claude`, `.auto-memory` may not exist yet). Mounts that cannot be
-/// prepared are left out, with a warning.
-fn prepare_mounts(mounts: &MountMap) -> MountMap {
-    let mut ready = MountMap::new();
-    for m in mounts.iter() {
-        match prepare_one(&m.host) {
-            Ok(()) => ready.insert(Mount::clone(m)),
-            Err(e) => tracing::warn!("mount {} ({}) left out: {e}", m.name, m.host.display()),
-        }
+/// Gives the session's state directories to the invoking user the sandbox
+/// runs as (a root daemon made them).
+fn give_to(dirs: &SessionDir, home: bool, uid: u32, gid: u32) -> Result<(), String> {
+    let owner = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    let mut paths = vec![dirs.tmp.as_path()];
+    if home {
+        paths.push(dirs.home.as_path());
     }
-    ready
-}
-
-fn prepare_one(host: &Path) -> std::io::Result<()> {
-    if let Ok(meta) = std::fs::symlink_metadata(host)
-        && meta.file_type().is_symlink()
-        && let Ok(target) = std::fs::read_link(host)
-    {
-        let resolved =
-            cowork_policy::paths::normalize(&host.parent().unwrap_or(Path::new("/")).join(&target));
-        if resolved == host {
-            tracing::info!("removing self-referential symlink {}", host.display());
-            std::fs::remove_file(host)?;
-        }
-    }
-    if !host.exists() {
-        std::fs::create_dir_all(host)?;
+    for path in paths {
+        let fd = pin_real(path, OFlags::DIRECTORY).map_err(|e| e.to_string())?;
+        // An O_PATH descriptor cannot be fchown'ed directly: through
+        // /proc/self/fd it can, without following anything in between.
+        let via = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        rustix::fs::chown(via.as_str(), owner.0, owner.1)
+            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn self_referential_symlinks_are_repaired_and_missing_folders_created() {
-        let t = tempfile::tempdir().unwrap();
-        let loop_link = t.path().join(".mcpb-cache");
-        std::os::unix::fs::symlink(".mcpb-cache", &loop_link).unwrap();
-        prepare_one(&loop_link).unwrap();
-        assert!(loop_link.is_dir(), "the loop became a real folder");
-        let missing = t.path().join("a/b");
-        prepare_one(&missing).unwrap();
-        assert!(missing.is_dir());
-        let elsewhere = t.path().join("link-elsewhere");
-        std::os::unix::fs::symlink(t.path().join("a"), &elsewhere).unwrap();
-        prepare_one(&elsewhere).unwrap();
-        assert!(
-            std::fs::symlink_metadata(&elsewhere)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-    }
 }

@@ -1,0 +1,257 @@
+//! Finding, in a writable mount, the paths `cowork_policy::protect` keeps
+//! read-only, and opening them for binding.
+//!
+//! Everything is looked at through the mount's pinned descriptor, without
+//! following symlinks. Searched: the mount's top level, and one level of
+//! subfolders for further repositories (a folder of checkouts); each git
+//! directory's submodule git directories (`modules/`, nested) and
+//! worktree configs. The search is bounded so a huge project cannot make a
+//! sandbox slow to start.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use cowork_policy::protect::{
+    IN_GIT_DIR, Kind, TOP_LEVEL, opted_out, parse_gitfile, protection_binds, resolve_in_mount,
+};
+use rustix::fs::FileType;
+
+use crate::sys::pin::{kind_at, mkdir_beneath, open_path_beneath, read_small_beneath};
+
+/// Subfolders of a mount's top level looked into for repositories.
+const MAX_SUBFOLDERS: usize = 256;
+/// Git directories (the main one, submodules, repositories in subfolders).
+const MAX_GIT_DIRS: usize = 64;
+/// Folders not worth looking into for repositories.
+const SKIPPED: &[&str] = &[
+    "node_modules",
+    "target",
+    ".venv",
+    "venv",
+    "vendor",
+    "dist",
+    "build",
+];
+
+/// A bind that protects (or pins) something inside a mount.
+#[derive(Debug)]
+pub struct Protection {
+    /// Relative to the mount's root.
+    pub rel: PathBuf,
+    pub read_only: bool,
+    pub fd: OwnedFd,
+}
+
+fn matches(kind: Option<FileType>, want: Kind) -> bool {
+    matches!(
+        (kind, want),
+        (Some(FileType::RegularFile), Kind::File) | (Some(FileType::Directory), Kind::Dir)
+    )
+}
+
+struct Search<'a> {
+    mount: &'a OwnedFd,
+    host: &'a Path,
+    opt_out: &'a [String],
+    found: Vec<PathBuf>,
+    git_dirs: Vec<PathBuf>,
+}
+
+impl Search<'_> {
+    fn add(&mut self, rel: PathBuf) {
+        if opted_out(&rel, self.opt_out) {
+            tracing::debug!("{}: protection opted out", self.host.join(&rel).display());
+        } else {
+            self.found.push(rel);
+        }
+    }
+
+    fn top_level(&mut self, dir: &Path) {
+        for p in TOP_LEVEL {
+            let rel = dir.join(p.name);
+            let kind = kind_at(self.mount, &rel);
+            if matches(kind, p.kind) {
+                self.add(rel);
+            } else if kind == Some(FileType::Symlink) {
+                tracing::warn!(
+                    "{} is a symlink: it cannot be kept read-only in the sandbox",
+                    self.host.join(&rel).display()
+                );
+            }
+        }
+        self.repository(dir);
+    }
+
+    /// `dir/.git`, a directory or a pointer file.
+    fn repository(&mut self, dir: &Path) {
+        let dot_git = dir.join(".git");
+        match kind_at(self.mount, &dot_git) {
+            Some(FileType::Directory) => self.git_dir(dot_git),
+            Some(FileType::RegularFile) => {
+                if let Some(text) = read_small_beneath(self.mount, &dot_git, 4096)
+                    && let Some(target) = parse_gitfile(&text)
+                {
+                    match resolve_in_mount(self.host, dir, target) {
+                        Some(git_dir) => self.git_dir(git_dir),
+                        None => tracing::debug!(
+                            "{}: its git directory {target} is outside this mount",
+                            self.host.join(&dot_git).display()
+                        ),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn git_dir(&mut self, git_dir: PathBuf) {
+        if self.git_dirs.contains(&git_dir) || self.git_dirs.len() >= MAX_GIT_DIRS {
+            return;
+        }
+        if kind_at(self.mount, &git_dir) != Some(FileType::Directory) {
+            return;
+        }
+        self.git_dirs.push(git_dir.clone());
+        for (name, kind) in IN_GIT_DIR {
+            let rel = git_dir.join(name);
+            let mut found = kind_at(self.mount, &rel);
+            if found.is_none() && *kind == Kind::Dir {
+                // A repository without hooks/: made (as `git init` would),
+                // so a hook cannot be planted in it.
+                let shown = self.host.join(&rel);
+                match mkdir_beneath(self.mount, &rel, &shown) {
+                    Ok(()) => found = kind_at(self.mount, &rel),
+                    Err(e) => tracing::warn!("cannot create {}: {e}", shown.display()),
+                }
+            }
+            if matches(found, *kind) {
+                self.add(rel);
+            }
+        }
+        // A worktree's git directory names the shared one.
+        if let Some(text) = read_small_beneath(self.mount, &git_dir.join("commondir"), 4096)
+            && let Some(common) = resolve_in_mount(self.host, &git_dir, text.trim())
+        {
+            self.git_dir(common);
+        }
+        for sub in ["modules", "worktrees"] {
+            let parent = git_dir.join(sub);
+            for name in list_dirs(self.mount, &parent, MAX_GIT_DIRS) {
+                self.git_dir(parent.join(name));
+            }
+        }
+    }
+}
+
+/// Subdirectory names of `rel` (not symlinks), at most `max`.
+fn list_dirs(mount: &OwnedFd, rel: &Path, max: usize) -> Vec<String> {
+    let Ok(fd) = open_path_beneath(mount, rel, rel) else {
+        return Vec::new();
+    };
+    let Ok(dir) = rustix::fs::openat(
+        &fd,
+        ".",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(entries) = rustix::fs::Dir::new(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type() == FileType::Directory)
+        .filter_map(|e| e.file_name().to_str().ok().map(String::from))
+        .filter(|n| n != "." && n != "..")
+        .take(max)
+        .collect()
+}
+
+/// The protection binds for the writable mount `mount` (host path
+/// `host`), each with its descriptor, in bind order.
+pub fn protections(mount: &OwnedFd, host: &Path, opt_out: &[String]) -> Vec<Protection> {
+    let mut search = Search {
+        mount,
+        host,
+        opt_out,
+        found: Vec::new(),
+        git_dirs: Vec::new(),
+    };
+    search.top_level(Path::new(""));
+    for name in list_dirs(mount, Path::new(""), MAX_SUBFOLDERS) {
+        if !name.starts_with('.') && !SKIPPED.contains(&name.as_str()) {
+            search.repository(Path::new(&name));
+        }
+    }
+    protection_binds(&search.found)
+        .into_iter()
+        .filter_map(|b| {
+            let shown = host.join(&b.rel);
+            match open_path_beneath(mount, &b.rel, &shown) {
+                Ok(fd) => Some(Protection {
+                    rel: b.rel,
+                    read_only: b.read_only,
+                    fd,
+                }),
+                Err(e) => {
+                    tracing::warn!("cannot protect {}: {e}", shown.display());
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::pin::pin_dir;
+
+    fn names(p: &[Protection]) -> Vec<(String, bool)> {
+        p.iter()
+            .map(|p| (p.rel.display().to_string(), p.read_only))
+            .collect()
+    }
+
+    #[test]
+    fn finds_repositories_pointer_files_and_top_level_names() {
+        let t = tempfile::tempdir().unwrap();
+        let proj = std::fs::canonicalize(t.path()).unwrap().join("proj");
+        for d in [
+            ".git/modules/lib",
+            ".vscode",
+            "app/.git",
+            "node_modules/x/.git",
+            "lib",
+        ] {
+            std::fs::create_dir_all(proj.join(d)).unwrap();
+        }
+        std::fs::write(proj.join(".git/config"), "[core]").unwrap();
+        std::fs::write(proj.join(".git/modules/lib/config"), "[core]").unwrap();
+        std::fs::write(proj.join("lib/.git"), "gitdir: ../.git/modules/lib\n").unwrap();
+        std::fs::write(proj.join(".mcp.json"), "{}").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", proj.join(".envrc")).unwrap();
+        let pinned = pin_dir(&proj, &proj, &proj, false).unwrap();
+        let got = names(&protections(&pinned.fd, &proj, &[".vscode".to_string()]));
+        let want: Vec<(String, bool)> = [
+            (".git", false),
+            ("app", false),
+            (".git/modules", false),
+            ("app/.git", false),
+            (".git/modules/lib", false),
+            (".mcp.json", true),
+            (".git/config", true),
+            (".git/hooks", true),
+            ("app/.git/hooks", true),
+            (".git/modules/lib/config", true),
+            (".git/modules/lib/hooks", true),
+        ]
+        .iter()
+        .map(|(p, ro)| (p.to_string(), *ro))
+        .collect();
+        assert_eq!(got, want);
+        assert!(proj.join(".git/hooks").is_dir(), "missing hooks/ made");
+        assert!(!proj.join("node_modules/x/.git/hooks").exists(), "skipped");
+    }
+}
