@@ -19,6 +19,19 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // Under sudo, become the invoking user before anything else (and
+    // before any thread exists): a sandbox must not get host uid 0.
+    match cowork_vm_service::sys::privileges::become_invoking_user() {
+        Ok(Some(user)) => eprintln!(
+            "cowork-vm-service: started by sudo: running as {} (uid {})",
+            user.name, user.uid
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("cowork-vm-service: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // Nothing a launcher leaked may reach what we start (sandboxes
     // included): the agent does the same for itself.
     if let Err(e) = cowork_vm_service::sys::fds::cloexec_inherited(&[]) {

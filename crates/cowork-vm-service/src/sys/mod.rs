@@ -4,5 +4,6 @@
 pub mod cgroup;
 pub mod fds;
 pub mod pin;
+pub mod privileges;
 pub mod spawn;
 pub mod tree;

@@ -64,7 +64,16 @@ fn sandbox_cannot_crash_the_daemon_with_a_deep_tree_in_tmp() {
     assert_eq!(made.stdout, "made\n", "{made:?}");
     // The client's janitor prunes idle sessions' tmp every 300 s.
     d.call("stopVM", json!({}));
-    let pruned = d.call(
+    // Deleting 16,000 levels takes seconds on this disk: more patience than
+    // the harness's usual 20 s per reply when the machine is busy.
+    let slow = |method: &str, params: Value| {
+        let mut c = d.connect();
+        c.stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+            .unwrap();
+        c.call(method, params)
+    };
+    let pruned = slow(
         "pruneSessionCaches",
         json!({"includeSessionTmp": true, "sessionTmpOlderThanSeconds": 0}),
     );
@@ -74,7 +83,7 @@ fn sandbox_cannot_crash_the_daemon_with_a_deep_tree_in_tmp() {
     d.call("startVM", json!({}));
     let made = py(&d, "deep", "mk2", DEEP_CHAIN, json!({}));
     assert_eq!(made.stdout, "made\n", "{made:?}");
-    let deleted = d.call("deleteSessionDirs", json!({"names": ["deep"]}));
+    let deleted = slow("deleteSessionDirs", json!({"names": ["deep"]}));
     assert_eq!(deleted["deleted"], json!(["deep"]), "{deleted}");
     assert!(!session_tmp.exists());
     // Still serving.
@@ -215,4 +224,306 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
         assert!(ok.stdout.lines().any(|l| l == m), "{m}: {ok:?}");
     }
     assert_eq!(ok.stderr, "", "no refusals: {ok:?}");
+}
+
+/// A test about a root daemon: CI runs as root; elsewhere this says so
+/// instead of passing without checking anything.
+fn require_root() {
+    assert!(
+        super::harness::is_root(),
+        "this test starts the daemon as root (CI runs the suite as root)"
+    );
+}
+
+/// The checks of a sandbox whose daemon is root: what must hold whatever
+/// the daemon's uid.
+const ROOT_ATTACKS: &str = "grep CapEff /proc/self/status; \
+    test -w /proc/sys/kernel/core_pattern && echo PROC-SYS-WRITABLE; \
+    cat /etc/shadow 2>/dev/null | grep -q : && echo SHADOW-READABLE; \
+    cat /proc/1/environ >/dev/null 2>&1 && echo PID1-READABLE; \
+    python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.ptrace(16, 1, 0, 0) == 0 else 1)' \
+      && echo PID1-PTRACEABLE; \
+    echo written > proj-dir/from-root-sandbox && echo RW-WORKS; id -u";
+
+/// [`ROOT_ATTACKS`] with the rw mount of `session`.
+fn root_attacks(session: &str) -> String {
+    ROOT_ATTACKS.replace("proj-dir", &format!("/sessions/{session}/mnt/proj"))
+}
+
+fn assert_root_attacks_fail(out: &Outcome) {
+    assert!(out.stdout.contains("CapEff:\t0000000000000000"), "{out:?}");
+    for escaped in [
+        "PROC-SYS-WRITABLE",
+        "SHADOW-READABLE",
+        "PID1-READABLE",
+        "PID1-PTRACEABLE",
+    ] {
+        assert!(!out.stdout.contains(escaped), "{escaped}: {out:?}");
+    }
+    assert!(out.stdout.contains("RW-WORKS"), "{out:?}");
+}
+
+#[test]
+fn sandbox_of_a_root_daemon_gets_no_root_powers() {
+    require_root();
+    let d = Daemon::start("bwrap");
+    d.home_dir("proj");
+    let mounts = json!({"additionalMounts": {"proj": {"path": d.subpath("proj"), "mode": "rw"}}});
+    let out = sh(&d, "s", "root", &root_attacks("s"), mounts);
+    assert_root_attacks_fail(&out);
+    assert!(
+        out.stdout.ends_with("0\n"),
+        "no invoking user: uid 0: {out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.home.join("proj/from-root-sandbox")).unwrap(),
+        "written\n"
+    );
+    let info = d.call("getDaemonInfo", json!({}));
+    assert!(
+        info["warnings"].to_string().contains("runs as root"),
+        "said in getDaemonInfo: {info}"
+    );
+    assert!(
+        d.log().contains("the daemon runs as root"),
+        "and in the log"
+    );
+}
+
+#[test]
+fn sudo_run_sandboxes_run_as_the_invoking_user() {
+    require_root();
+    let user = super::harness::test_user().expect("the cowork-test account (scripts/test.sh)");
+    let root = tempfile::Builder::new()
+        .prefix("cowork-sudo-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let proj = root.path().join("proj");
+    std::fs::create_dir(&proj).unwrap();
+    std::os::unix::fs::chown(root.path(), Some(user.uid), Some(user.gid)).unwrap();
+    std::os::unix::fs::chown(&proj, Some(user.uid), Some(user.gid)).unwrap();
+    // What `sudo cowork-vm-service run ...` gets from sudo.
+    let out = std::process::Command::new(super::harness::BIN)
+        .args(["run", "--mount", &format!("{}:proj", proj.display()), "--"])
+        .args(["sh", "-c", &root_attacks("cli")])
+        .current_dir(&proj)
+        .env_clear()
+        .env("HOME", "/root")
+        .env("PATH", "/usr/bin:/bin")
+        .env("SUDO_UID", user.uid.to_string())
+        .env("SUDO_GID", user.gid.to_string())
+        .env("SUDO_USER", "cowork-test")
+        .env("COWORK_VM_BACKEND", "bwrap")
+        .output()
+        .unwrap();
+    let outcome = Outcome {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit_code: out.status.code().map(i64::from),
+        ..Default::default()
+    };
+    assert_root_attacks_fail(&outcome);
+    assert!(
+        outcome.stdout.ends_with(&format!("{}\n", user.uid)),
+        "runs as the invoking user: {outcome:?}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("started by sudo: running as cowork-test"),
+        "says so: {outcome:?}"
+    );
+    let written = proj.join("from-root-sandbox");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "written\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), user.uid);
+}
+
+#[test]
+fn sandbox_cannot_make_the_next_mount_bind_a_folder_it_swapped_for_a_symlink() {
+    let d = start();
+    d.home_dir("proj/sub");
+    d.home_file(".ssh/id_rsa", "PRIVATE KEY\n");
+    d.home_file("proj/sub/readme.txt", "sub\n");
+    let ssh = d.home.join(".ssh");
+    let proj = json!({"proj": {"path": d.subpath("proj"), "mode": "rw"}});
+    let out = sh(
+        &d,
+        "s",
+        "swap",
+        &format!(
+            "cd /sessions/s/mnt/proj && rm -rf sub && ln -s {} sub && echo swapped",
+            ssh.display()
+        ),
+        json!({"additionalMounts": proj}),
+    );
+    assert_eq!(out.stdout, "swapped\n", "{out:?}");
+    // The client later mounts the subfolder (a new grant).
+    let next = sh(
+        &d,
+        "s",
+        "next",
+        "cat /sessions/s/mnt/sub/id_rsa 2>/dev/null || echo not-there",
+        json!({"additionalMounts": {"sub": {"path": d.subpath("proj/sub"), "mode": "ro"}}}),
+    );
+    assert!(!next.stdout.contains("PRIVATE KEY"), "{next:?}");
+    assert!(
+        next.stderr.contains("symlink"),
+        "refused with the reason: {next:?}"
+    );
+    // readFile through the swapped folder, by guest and by host path.
+    for path in [
+        "/sessions/s/mnt/proj/sub/id_rsa".to_string(),
+        format!("{}/proj/sub/id_rsa", d.home.display()),
+    ] {
+        let r = d.call("readFile", json!({"processName": "s", "filePath": path}));
+        assert!(r.get("content").is_none(), "{path}: {r}");
+    }
+}
+
+#[test]
+fn client_read_file_never_leaves_the_sessions_mounts() {
+    let d = start();
+    d.home_dir("proj");
+    d.home_file(".ssh/id_rsa", "PRIVATE KEY\n");
+    d.home_file("proj/ok.txt", "ok\n");
+    let mounts = json!({"additionalMounts": {"proj": {"path": d.subpath("proj"), "mode": "rw"}}});
+    let out = sh(
+        &d,
+        "s",
+        "plant",
+        &format!(
+            "ln -s {} /sessions/s/mnt/proj/innocent.txt && echo planted",
+            d.home.join(".ssh/id_rsa").display()
+        ),
+        mounts,
+    );
+    assert_eq!(out.stdout, "planted\n", "{out:?}");
+    let read = |path: String| d.call("readFile", json!({"processName": "s", "filePath": path}));
+    let home = d.home.display();
+    for path in [
+        format!("{home}/.ssh/id_rsa"),
+        format!("{home}/proj/innocent.txt"),
+        "/sessions/s/mnt/proj/innocent.txt".to_string(),
+    ] {
+        let r = read(path.clone());
+        assert!(r.get("content").is_none(), "{path}: {r}");
+        assert!(r["error"].is_string(), "{path}: {r}");
+    }
+    let ok = read(format!("{home}/proj/ok.txt"));
+    assert_eq!(
+        ok["content"], "b2sK",
+        "a host path inside a mount works: {ok}"
+    );
+}
+
+/// Git with an identity and no global config of the user's.
+const GIT: &str = "git -c user.name=t -c user.email=t@example.com -c init.defaultBranch=main";
+
+#[test]
+fn sandbox_cannot_plant_code_the_host_runs_in_the_project() {
+    let d = start();
+    let proj = d.home.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let git = |args: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{GIT} {args}"))
+            .current_dir(&proj)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args}");
+    };
+    git("init -q .");
+    std::fs::remove_dir_all(proj.join(".git/hooks")).unwrap();
+    std::fs::create_dir_all(proj.join(".vscode")).unwrap();
+    std::fs::write(proj.join(".vscode/tasks.json"), "{}").unwrap();
+    std::fs::write(proj.join(".mcp.json"), "{}").unwrap();
+    std::fs::write(proj.join(".envrc"), "").unwrap();
+    // A submodule-style pointer file to a git dir kept in the main one.
+    std::fs::create_dir_all(proj.join(".git/modules/lib")).unwrap();
+    std::fs::write(proj.join(".git/modules/lib/config"), "[core]\n").unwrap();
+    std::fs::create_dir_all(proj.join("lib")).unwrap();
+    std::fs::write(proj.join("lib/.git"), "gitdir: ../.git/modules/lib\n").unwrap();
+    d.home_dir("proj"); // gives the whole home to the daemon's user
+    let config_before = std::fs::read_to_string(proj.join(".git/config")).unwrap();
+    let mounts = json!({"additionalMounts": {"proj": {"path": d.subpath("proj"), "mode": "rw"}}});
+    let attacks = format!(
+        "cd /sessions/s/mnt/proj; \
+         git config core.fsmonitor 'touch /tmp/pwned' 2>/dev/null && echo CONFIG-WRITTEN; \
+         echo '[core] fsmonitor = x' >> .git/config 2>/dev/null && echo CONFIG-APPENDED; \
+         echo x > .git/modules/lib/config 2>/dev/null && echo SUBMODULE-CONFIG-WRITTEN; \
+         touch .git/hooks/post-checkout 2>/dev/null && echo HOOK-PLANTED; \
+         mv .git .git-moved 2>/dev/null && echo GIT-DIR-MOVED; \
+         rm -f .git/config 2>/dev/null; test -f .git/config || echo CONFIG-REMOVED; \
+         rmdir .git/hooks 2>/dev/null && echo HOOKS-REMOVED; \
+         echo '{{}}' > .mcp.json 2>/dev/null && echo MCP-WRITTEN; \
+         echo x > .vscode/tasks.json 2>/dev/null && echo TASKS-WRITTEN; \
+         echo 'curl evil' > .envrc 2>/dev/null && echo ENVRC-WRITTEN; \
+         echo work > file.txt && {GIT} add file.txt && {GIT} commit -q -m one && echo COMMITTED; \
+         {GIT} branch feature && echo BRANCHED; \
+         mkdir fresh && cd fresh && {GIT} init -q . && echo hi > a && {GIT} add a && {GIT} commit -q -m a && echo NEW-REPO"
+    );
+    let out = sh(&d, "s", "plant", &attacks, mounts);
+    for planted in [
+        "CONFIG-WRITTEN",
+        "CONFIG-APPENDED",
+        "SUBMODULE-CONFIG-WRITTEN",
+        "HOOK-PLANTED",
+        "GIT-DIR-MOVED",
+        "CONFIG-REMOVED",
+        "HOOKS-REMOVED",
+        "MCP-WRITTEN",
+        "TASKS-WRITTEN",
+        "ENVRC-WRITTEN",
+    ] {
+        assert!(!out.stdout.contains(planted), "{planted}: {out:?}");
+    }
+    for works in ["COMMITTED", "BRANCHED", "NEW-REPO"] {
+        assert!(out.stdout.contains(works), "{works}: {out:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(proj.join(".git/config")).unwrap(),
+        config_before
+    );
+    assert!(
+        proj.join(".git/hooks").is_dir(),
+        "the missing hooks/ was made"
+    );
+    assert_eq!(
+        std::fs::read_dir(proj.join(".git/hooks")).unwrap().count(),
+        0,
+        "and stays empty"
+    );
+    assert!(!proj.join(".gitconfig").exists(), "no placeholder files");
+}
+
+#[test]
+fn a_user_can_opt_a_protected_path_out() {
+    let d = Daemon::start_with(Options {
+        backend: Some("bwrap"),
+        user: require_unprivileged_user(),
+        files: vec![(
+            ".config/Claude/claude_desktop_linux_config.json".into(),
+            r#"{"preferences": {"coworkBwrapMounts": {"writableProtectedPaths": [".vscode"]}}}"#
+                .into(),
+        )],
+        ..Default::default()
+    });
+    d.home_file("proj/.vscode/tasks.json", "{}");
+    d.home_file("proj/.mcp.json", "{}");
+    let mounts = json!({"additionalMounts": {"proj": {"path": d.subpath("proj"), "mode": "rw"}}});
+    let out = sh(
+        &d,
+        "s",
+        "optout",
+        "cd /sessions/s/mnt/proj; echo t > .vscode/tasks.json && echo TASKS-WRITTEN; \
+         echo m > .mcp.json 2>/dev/null && echo MCP-WRITTEN",
+        mounts,
+    );
+    assert!(out.stdout.contains("TASKS-WRITTEN"), "opted out: {out:?}");
+    assert!(
+        !out.stdout.contains("MCP-WRITTEN"),
+        "still protected: {out:?}"
+    );
 }

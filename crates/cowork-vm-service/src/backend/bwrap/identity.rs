@@ -1,19 +1,15 @@
 //! Who the processes of a sandbox are on the host.
 //!
-//! Normally the daemon's own user. A daemon started as root (`sudo
-//! cowork-vm-service run`, containers, CI) must not hand host uid 0 to the
-//! sandbox: uid 0 owns root-only files (`/etc/shadow` is readable by its
+//! The daemon's own user. Under sudo the whole process has already become
+//! the invoking user (`crate::sys::privileges`). A daemon that is still
+//! root (containers, CI) must not hand host uid 0 to the sandbox
+//! unguarded: uid 0 owns root-only files (`/etc/shadow` is readable by its
 //! owner whatever the capabilities) and, without capabilities, still
-//! passes the owner checks of `/proc/sys`. A user-namespace mapping does
-//! not change the host uid, so:
-//!
-//! * with an invoking user (`SUDO_UID`/`SUDO_GID`), bubblewrap itself runs
-//!   as that user (its supplementary groups dropped), and the session's
-//!   state directories are given to it;
-//! * without one, the sandbox really is root: that is said on stderr and in
-//!   the log, capabilities are dropped (as always), `/proc/sys` is
-//!   read-only (as always), and the root-only files of `/etc` are covered
-//!   ([`root_only_in_etc`]).
+//! passes the owner checks of `/proc/sys`, and a user-namespace mapping
+//! does not change the host uid. So the sandbox then really is root, and
+//! that is said on stderr and in the log; capabilities are dropped (as
+//! always), `/proc/sys` is read-only (as always), and the root-only files
+//! of `/etc` are covered ([`root_only_in_etc`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -25,54 +21,32 @@ use cowork_policy::bwrap_argv::RootMasks;
 pub enum Identity {
     /// The daemon's own (not root).
     Daemon,
-    /// The daemon is root; the sandbox runs as the user who invoked it.
-    InvokingUser { uid: u32, gid: u32 },
-    /// The daemon is root and nobody else is known: the sandbox is uid 0.
+    /// The daemon is root: the sandbox is uid 0, without capabilities.
     Root { masks: RootMasks },
 }
 
 impl Identity {
-    /// Decides from the daemon's uid and environment (`SUDO_UID`,
-    /// `SUDO_GID`; a `SUDO_UID` of 0 or garbage is ignored).
-    pub fn decide(euid: u32, sudo_uid: Option<&str>, sudo_gid: Option<&str>) -> Self {
+    /// Decides from the daemon's effective uid.
+    pub fn decide(euid: u32) -> Self {
         if euid != 0 {
             return Identity::Daemon;
         }
-        let parse = |v: Option<&str>| {
-            v.and_then(|v| v.trim().parse::<u32>().ok())
-                .filter(|n| *n != 0)
-        };
-        match parse(sudo_uid) {
-            Some(uid) => Identity::InvokingUser {
-                uid,
-                gid: parse(sudo_gid).unwrap_or(uid),
-            },
-            None => Identity::Root {
-                masks: root_only_in_etc(Path::new("/etc")),
-            },
+        Identity::Root {
+            masks: root_only_in_etc(Path::new("/etc")),
         }
     }
 
     /// From this process.
     pub fn current() -> Self {
-        let var = |k: &str| std::env::var(k).ok();
-        Self::decide(
-            rustix::process::geteuid().as_raw(),
-            var("SUDO_UID").as_deref(),
-            var("SUDO_GID").as_deref(),
-        )
+        Self::decide(rustix::process::geteuid().as_raw())
     }
 
     /// What users should be told about it, if anything.
     pub fn notice(&self) -> Option<String> {
         match self {
             Identity::Daemon => None,
-            Identity::InvokingUser { uid, .. } => Some(format!(
-                "the daemon runs as root; sandboxed processes run as the invoking user (uid {uid}, \
-                 from SUDO_UID)"
-            )),
             Identity::Root { .. } => Some(
-                "the daemon runs as root and no invoking user is known (SUDO_UID is not set): \
+                "the daemon runs as root and no invoking user is known (not started by sudo): \
                  sandboxed processes run as host uid 0, with no capabilities, read-only /proc/sys \
                  and root-only files hidden; run cowork-vm-service as a normal user instead"
                     .to_string(),
@@ -139,28 +113,14 @@ mod tests {
 
     #[test]
     fn identity_table() {
-        assert_eq!(Identity::decide(1000, Some("1001"), None), Identity::Daemon);
-        assert_eq!(
-            Identity::decide(0, Some("1000"), Some("1000")),
-            Identity::InvokingUser {
-                uid: 1000,
-                gid: 1000
-            }
-        );
-        assert_eq!(
-            Identity::decide(0, Some("1000"), Some("x")),
-            Identity::InvokingUser {
-                uid: 1000,
-                gid: 1000
-            }
-        );
-        for bad in [None, Some("0"), Some("abc"), Some("")] {
-            assert!(
-                matches!(Identity::decide(0, bad, None), Identity::Root { .. }),
-                "{bad:?}"
-            );
-        }
+        assert_eq!(Identity::decide(1000), Identity::Daemon);
+        assert!(matches!(Identity::decide(0), Identity::Root { .. }));
         assert!(Identity::Daemon.notice().is_none());
+        assert!(
+            Identity::decide(0)
+                .notice()
+                .is_some_and(|n| n.contains("root"))
+        );
     }
 
     #[test]

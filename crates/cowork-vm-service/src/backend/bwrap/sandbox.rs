@@ -161,9 +161,6 @@ impl Sandbox {
             dirs.ensure_home()
                 .map_err(|e| format!("cannot create {}: {e}", dirs.home.display()))?;
         }
-        if let Identity::InvokingUser { uid, gid } = env.identity {
-            give_to(dirs, key.skeleton_home, uid, gid)?;
-        }
         let mut passed = Passed::default();
         let session_tmp = pin_state(&dirs.tmp, &mut passed, "session /tmp")?;
         let skeleton_home = match key.skeleton_home {
@@ -192,7 +189,7 @@ impl Sandbox {
         let tmpfs = TmpfsSizes::for_memory(limits.memory_bytes);
         let root_masks = match &env.identity {
             Identity::Root { masks } => Some(masks),
-            _ => None,
+            Identity::Daemon => None,
         };
         let (daemon_end, agent_end) =
             agent_link::channel().map_err(|e| format!("agent channel: {e}"))?;
@@ -231,12 +228,6 @@ impl Sandbox {
             .kill_on_drop(false);
         if let Some(path) = &env.path_var {
             cmd.env("PATH", path);
-        }
-        if let Identity::InvokingUser { uid, gid } = env.identity {
-            // Root only: std then forks instead of posix_spawn (and drops
-            // root's supplementary groups), which costs a millisecond but
-            // is the only way to leave uid 0 without a pre_exec.
-            cmd.uid(uid).gid(gid);
         }
         let cgroup = match &env.cgroups {
             Some(manager) => match manager.create(session, generation, limits) {
@@ -350,26 +341,4 @@ impl Sandbox {
         // agent) and so the whole pid namespace go with it.
         let _ = kill_process_group(self.bwrap_pid, Signal::KILL);
     }
-}
-
-/// Gives the session's state directories to the invoking user the sandbox
-/// runs as (a root daemon made them).
-fn give_to(dirs: &SessionDir, home: bool, uid: u32, gid: u32) -> Result<(), String> {
-    let owner = (
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(gid)),
-    );
-    let mut paths = vec![dirs.tmp.as_path()];
-    if home {
-        paths.push(dirs.home.as_path());
-    }
-    for path in paths {
-        let fd = pin_real(path, OFlags::DIRECTORY).map_err(|e| e.to_string())?;
-        // An O_PATH descriptor cannot be fchown'ed directly: through
-        // /proc/self/fd it can, without following anything in between.
-        let via = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        rustix::fs::chown(via.as_str(), owner.0, owner.1)
-            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
-    }
-    Ok(())
 }
