@@ -34,7 +34,6 @@
 //! (`--setenv` in the bwrap command line). The agent's children never see
 //! it: the agent spawns them with a cleared environment.
 
-mod bpf;
 pub mod cgroup;
 pub mod landlock;
 pub mod limits;
