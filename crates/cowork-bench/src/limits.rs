@@ -7,10 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use cowork_policy::bwrap_argv::{SandboxPlan, host_layout, sandbox_argv};
+use cowork_policy::bwrap_argv::{SandboxPlan, Source, host_layout, sandbox_argv};
 use cowork_policy::bwrap_config::BwrapMountsConfig;
 use cowork_policy::command::find_in_path;
-use cowork_policy::mounts::MountMap;
+use cowork_policy::confine::limits::{PidsMax, SessionLimits, TmpfsSizes};
 use cowork_vm_service::real_fs::RealFs;
 
 use crate::daemon::scratch_dir;
@@ -41,19 +41,26 @@ pub fn bwrap_path() -> Option<PathBuf> {
 /// command, the floor of any agent design.
 pub fn bare_bwrap_argv(home: &Path, session_tmp: &Path, payload: &[&str]) -> Vec<String> {
     let layout = host_layout(&RealFs);
-    let mounts = MountMap::new();
     let config = BwrapMountsConfig::default();
+    let tmpfs =
+        TmpfsSizes::for_memory(SessionLimits::from_requests(&[], PidsMax::default()).memory_bytes);
     let plan = SandboxPlan {
         session: "bench",
         home,
-        session_tmp,
+        // Paths where the daemon passes descriptors: bwrap binds both the
+        // same way, and the bench cannot pass descriptors to `Command`.
+        session_tmp: Source::Path(session_tmp.to_string_lossy().into_owned()),
         skeleton_home: None,
-        sdk_dir: None,
-        mounts: &mounts,
-        agent_binary: Path::new("/usr/bin/true"),
+        sdk: None,
+        mounts: &[],
+        extra_binds: &[],
+        agent_binary: Source::Path("/usr/bin/true".into()),
         agent_fd: 3,
         layout: &layout,
         config: &config,
+        tmpfs: &tmpfs,
+        root_masks: None,
+        agent_env: &[],
     };
     let mut argv = sandbox_argv(&plan);
     if let Some(sep) = argv.iter().position(|a| a == "--") {

@@ -1,8 +1,10 @@
 //! Messages between the daemon and its agent (pid 1 of a bubblewrap session
 //! sandbox, or init of a VM), over the same length-prefixed framing.
 //!
-//! The shapes follow the guest convention of the reference's VM protocol so
-//! one agent serves both isolating backends:
+//! A sandbox's agent (bwrap) first sends one byte, [`LISTENERS_MARKER`],
+//! with its proxy listeners attached. Then messages; their shapes follow
+//! the guest convention of the reference's VM protocol so one agent serves
+//! both isolating backends:
 //!
 //! * daemon -> agent: `{type:"request", id, method, params}` (`stdin`
 //!   included: `params:{id, data, eof?}`), and `{type:"notification", ...}`
@@ -19,6 +21,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::frame::{self, FrameError};
+
+/// The first byte a sandbox's agent sends, carrying (as `SCM_RIGHTS`) its
+/// two listening proxy sockets: `127.0.0.1:3128` (HTTP) then
+/// `127.0.0.1:1080` (SOCKS5). Framed messages follow it.
+pub const LISTENERS_MARKER: u8 = b'L';
 
 /// Methods the agent answers.
 pub mod method {

@@ -72,6 +72,13 @@ pub struct RunArgs {
     #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
     pub shell_command: Option<String>,
 
+    /// Let the command reach PATTERN through the sandbox's proxy
+    /// (repeatable): a host name, `*.example.com` (subdomains), an IP
+    /// literal, optionally `:PORT`; `*` allows every public host. Without
+    /// it the command has no network.
+    #[arg(long = "allow-domain", value_name = "PATTERN")]
+    pub allow_domains: Vec<String>,
+
     /// Folder to mount into the session (repeatable). NAME defaults to the
     /// folder's name; add `:ro` for read-only. The first plain mount is the
     /// working directory. Default: the current directory, read-write.

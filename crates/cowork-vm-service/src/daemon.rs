@@ -14,6 +14,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::netns::EgressSettings;
 use crate::backend::probe::RealProbe;
 use crate::dirs::Dirs;
 use crate::logging::{self, LIFECYCLE, LogControl};
@@ -65,6 +66,7 @@ impl Server {
         log: LogControl,
         probe: RealProbe,
         socket: PathBuf,
+        egress: EgressSettings,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         let listener = UnixListener::from_std(listener)?;
@@ -74,6 +76,7 @@ impl Server {
             probe,
             daemon_env: daemon_env(),
             socket,
+            egress,
         });
         // Select the backend now, in the background: the first request
         // does not wait for the bwrap probe unless it needs the backend.
@@ -136,6 +139,7 @@ fn serve_until_signal(dirs: Dirs, log: LogControl, socket_path: &Path) -> anyhow
             log,
             RealProbe::from_env(),
             socket_path.to_path_buf(),
+            EgressSettings::default(),
         )?;
         println!(
             "[cowork-vm-service] Service started on {}",

@@ -23,6 +23,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::backend::netns::EgressSettings;
 use crate::backend::probe::RealProbe;
 use crate::cli::RunArgs;
 use crate::client::Connection;
@@ -31,6 +32,7 @@ use crate::dirs::Dirs;
 use crate::logging;
 use crate::real_fs::RealFs;
 use crate::socket;
+use std::sync::Arc;
 
 /// What runs when no command is given: a short report of the environment
 /// as the command sees it.
@@ -276,7 +278,14 @@ async fn run(args: RunArgs, dirs: Dirs, log: logging::LogControl) -> anyhow::Res
             if let Some(b) = &args.backend {
                 probe.override_value = Some(b.clone());
             }
-            embedded = Some(Server::start(listener, dirs, log, probe, path.clone())?);
+            embedded = Some(Server::start(
+                listener,
+                dirs,
+                log,
+                probe,
+                path.clone(),
+                run_egress(),
+            )?);
             _private_dir = Some(dir);
             path
         }
@@ -315,6 +324,9 @@ async fn run(args: RunArgs, dirs: Dirs, log: logging::LogControl) -> anyhow::Res
     if !env.is_empty() {
         params["env"] = Value::Object(env);
     }
+    // No flag, no network: `[]` (an absent list would mean "any public
+    // host" to the daemon, as for older clients).
+    params["allowedDomains"] = json!(args.allow_domains);
     rpc.call("spawn", params).await?;
 
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
@@ -387,6 +399,23 @@ async fn run(args: RunArgs, dirs: Dirs, log: logging::LogControl) -> anyhow::Res
         server.stop().await;
     }
     Ok(code)
+}
+
+/// Refusals tell how to allow the host, and the first one for each host is
+/// also printed on our stderr (the command's own output may hide a 403).
+fn run_egress() -> EgressSettings {
+    EgressSettings {
+        hint: "run with --allow-domain {host} to allow it".to_string(),
+        hook: Some(Arc::new(|event: &cowork_netproxy::DenialEvent| {
+            eprintln!(
+                "cowork-vm-service: network access to {} was blocked ({}); run with \
+                 --allow-domain {} to allow it",
+                event.host(),
+                event.reason(),
+                event.host()
+            );
+        })),
+    }
 }
 
 fn signal_number(name: &str) -> i32 {

@@ -35,6 +35,7 @@ use tokio::sync::OnceCell;
 
 use crate::backend::bwrap::{BwrapBackend, BwrapSettings};
 use crate::backend::host::HostBackend;
+use crate::backend::netns::{Egress, EgressSettings};
 use crate::backend::probe::RealProbe;
 use crate::backend::unavailable::UnavailableBackend;
 use crate::backend::{Backend, BackendPlan, PinnedMount, SpawnJob, Spawned, plan_backend};
@@ -64,6 +65,8 @@ pub struct ServiceConfig {
     pub daemon_env: EnvMap,
     /// Socket path, reported by `getDaemonInfo`.
     pub socket: PathBuf,
+    /// How the network proxy explains and reports refusals.
+    pub egress: EgressSettings,
 }
 
 struct SharedState {
@@ -89,6 +92,7 @@ pub struct Service {
     probe: RealProbe,
     daemon_env: EnvMap,
     socket: PathBuf,
+    egress: EgressSettings,
     backend: OnceCell<Arc<dyn Backend>>,
     selection: OnceCell<Selection>,
     state: Mutex<SharedState>,
@@ -111,6 +115,7 @@ impl Service {
             probe: config.probe,
             daemon_env: config.daemon_env,
             socket: config.socket,
+            egress: config.egress,
             backend: OnceCell::new(),
             selection: OnceCell::new(),
             state: Mutex::new(SharedState {
@@ -222,6 +227,7 @@ impl Service {
             config_file: self.dirs.linux_config_file(),
             path_var: self.probe.path_var.clone(),
             idle_timeout: BwrapSettings::idle_timeout_from_env(),
+            egress: Egress::new(&self.egress),
         };
         match BwrapBackend::new(settings) {
             Ok(b) => b,
@@ -704,6 +710,8 @@ impl Service {
             "reason": selection.reason,
             "warnings": selection.warnings.iter().chain(backend.warnings().iter()).collect::<Vec<_>>(),
             "confinement": backend.confinement(),
+            // The network allowlist holds only where processes are isolated.
+            "egressEnforced": backend.is_isolated(),
         }))
     }
 }

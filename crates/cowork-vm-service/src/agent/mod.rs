@@ -24,6 +24,7 @@ mod child_signals;
 mod children;
 mod confine;
 mod descendants;
+mod egress;
 mod first_request;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -88,6 +89,11 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
             // an empty one of its own.
             if let Err(e) = join_new_session_keyring() {
                 eprintln!("cowork-vm-service agent: cannot create a session keyring: {e}");
+                return ExitCode::from(2);
+            }
+            // The proxy endpoints, before any command could take the ports.
+            if let Err(e) = egress::hand_over(&channel) {
+                eprintln!("cowork-vm-service agent: proxy endpoints: {e}");
                 return ExitCode::from(2);
             }
             // The one confinement stage (see `confine`): on ourselves, once,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cowork_policy::signal::{SIGKILL, parse_signal};
-use cowork_protocol::agent::{FromAgent, StdinWrite, ToAgent, method};
+use cowork_protocol::agent::{FromAgent, LISTENERS_MARKER, StdinWrite, ToAgent, method};
 use cowork_protocol::event::Stream;
 use cowork_protocol::frame;
 use futures::StreamExt;
@@ -97,16 +97,16 @@ pub struct AgentLink {
 impl AgentLink {
     /// Starts the reader and writer tasks on `stream`.
     pub fn start(stream: UnixStream, events: ProcessEvents) -> Arc<Self> {
-        Self::start_with_oom(stream, events, None)
+        Self::start_with(stream, events, LinkOptions::default())
     }
 
-    /// [`Self::start`], with the sandbox's OOM-kill counter: an exit whose
-    /// process saw the counter rise carries `oomKillCount`.
-    pub fn start_with_oom(
+    /// [`Self::start`], with a sandbox's extras (see [`LinkOptions`]).
+    pub fn start_with(
         stream: UnixStream,
         events: ProcessEvents,
-        oom: Option<OomCounter>,
+        options: LinkOptions,
     ) -> Arc<Self> {
+        let LinkOptions { oom, listeners } = options;
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Bytes>(1024);
         tokio::spawn(write_frames(write_half, rx));
@@ -124,6 +124,18 @@ impl AgentLink {
         });
         let reader = link.clone();
         tokio::spawn(async move {
+            if let Some(tx) = listeners {
+                match receive_listeners(&read_half).await {
+                    Ok(received) => {
+                        let _ = tx.send(received);
+                    }
+                    Err(e) => {
+                        tracing::warn!("sandbox agent: no proxy listeners: {e}");
+                        reader.on_closed(&events).await;
+                        return;
+                    }
+                }
+            }
             let mut frames = FramedRead::new(read_half, frame::codec());
             while let Some(Ok(body)) = frames.next().await {
                 match serde_json::from_slice::<FromAgent>(&body) {
@@ -358,6 +370,92 @@ impl AgentLink {
                 None => events.exited(&id, exit).await,
             }
         }
+    }
+}
+
+/// What a sandbox's link does besides requests and events.
+#[derive(Default)]
+pub struct LinkOptions {
+    /// The sandbox's OOM-kill counter: an exit whose process saw it rise
+    /// carries `oomKillCount`.
+    pub oom: Option<OomCounter>,
+    /// Where the proxy listeners the agent sends first go (a sandbox's
+    /// agent always sends them; see `cowork_protocol::agent::LISTENERS_MARKER`).
+    pub listeners: Option<oneshot::Sender<ProxyListeners>>,
+}
+
+/// The listening sockets inside a sandbox's network namespace.
+#[derive(Debug)]
+pub struct ProxyListeners {
+    pub http: std::net::TcpListener,
+    pub socks: std::net::TcpListener,
+}
+
+/// A descriptor the agent sent must be a listening TCP socket (the agent
+/// lives next to untrusted code: anything else is refused).
+fn as_listener(fd: OwnedFd) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let ok = sockopt::socket_acceptconn(&fd).unwrap_or(false)
+        && sockopt::socket_type(&fd).is_ok_and(|t| t == SocketType::STREAM)
+        && sockopt::socket_domain(&fd)
+            .is_ok_and(|d| d == AddressFamily::INET || d == AddressFamily::INET6);
+    if !ok {
+        return Err(std::io::Error::other("not a listening TCP socket"));
+    }
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Reads the marker byte and the two listeners the agent sends first.
+async fn receive_listeners(
+    read_half: &tokio::net::unix::OwnedReadHalf,
+) -> std::io::Result<ProxyListeners> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    use std::io::IoSliceMut;
+    use std::mem::MaybeUninit;
+    let stream: &UnixStream = read_half.as_ref();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut marker = [0u8; 1];
+    let received = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        loop {
+            read_half.readable().await?;
+            let got = stream.try_io(tokio::io::Interest::READABLE, || {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let msg = recvmsg(
+                    stream,
+                    &mut [IoSliceMut::new(&mut marker)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )?;
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(rights) = m {
+                        fds.extend(rights);
+                    }
+                }
+                Ok(msg.bytes)
+            });
+            match got {
+                Ok(n) => return Ok::<usize, std::io::Error>(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .map_err(|_| std::io::Error::other("the agent sent nothing in time"))??;
+    if received != 1 || marker[0] != LISTENERS_MARKER || fds.len() != 2 {
+        return Err(std::io::Error::other(format!(
+            "unexpected first message ({received} byte(s), {} descriptor(s))",
+            fds.len()
+        )));
+    }
+    let socks = fds.pop().map(as_listener).transpose()?;
+    let http = fds.pop().map(as_listener).transpose()?;
+    match (http, socks) {
+        (Some(http), Some(socks)) => Ok(ProxyListeners { http, socks }),
+        _ => Err(std::io::Error::other("listeners missing")),
     }
 }
 

@@ -44,8 +44,13 @@ struct HostAgent {
     exited: watch::Receiver<bool>,
 }
 
+/// Said once per daemon, and listed in `getDaemonInfo.warnings`.
+pub const EGRESS_NOT_ENFORCED: &str = "the host backend cannot enforce the network allowlist \
+(spawn.allowedDomains): its processes reach the network directly";
+
 pub struct HostBackend {
     home: PathBuf,
+    warned_egress: std::sync::atomic::AtomicBool,
     agent_binary: Option<PathBuf>,
     running: VmFlags,
     agent: tokio::sync::Mutex<Option<HostAgent>>,
@@ -62,6 +67,7 @@ impl HostBackend {
         };
         Self {
             home,
+            warned_egress: std::sync::atomic::AtomicBool::new(false),
             agent_binary,
             running: VmFlags::default(),
             agent: tokio::sync::Mutex::new(None),
@@ -159,6 +165,13 @@ impl Backend for HostBackend {
     }
 
     async fn spawn(&self, job: SpawnJob, events: ProcessEvents) -> Result<Spawned, BackendError> {
+        if job.allowed_domains.is_some()
+            && !self
+                .warned_egress
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!("{EGRESS_NOT_ENFORCED}");
+        }
         let fs = RealFs;
         let mut env = job.env;
         translate_for_host(&mut env, &job.mounts, &self.home, &fs);
@@ -230,5 +243,9 @@ impl Backend for HostBackend {
 
     fn mount_path_reply(&self, _session: Option<&str>, _mount_name: &str, host: &Path) -> String {
         host.to_string_lossy().into_owned()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        vec![EGRESS_NOT_ENFORCED.to_string()]
     }
 }

@@ -12,6 +12,7 @@
 pub mod agent_link;
 pub mod bwrap;
 pub mod host;
+pub mod netns;
 pub mod probe;
 pub mod unavailable;
 

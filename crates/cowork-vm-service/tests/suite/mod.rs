@@ -6,5 +6,6 @@ mod escapes;
 mod host;
 mod launcher;
 mod lifecycle;
+mod network;
 mod protocol;
 mod run;

@@ -33,10 +33,12 @@ use cowork_protocol::params::StartVmParams;
 use serde_json::json;
 
 use super::agent_link::AgentProcess;
+use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
 use crate::real_fs::RealFs;
 use crate::sys::cgroup::CgroupManager;
+use cowork_policy::net::{AllowList, proxy_env};
 use identity::Identity;
 use sandbox::{Sandbox, SandboxEnv, SandboxKey, StartRequest};
 
@@ -54,6 +56,8 @@ pub struct BwrapSettings {
     pub config_file: PathBuf,
     pub path_var: Option<String>,
     pub idle_timeout: Duration,
+    /// The network's way out (shared by the daemon's sandboxes).
+    pub egress: Egress,
 }
 
 impl BwrapSettings {
@@ -160,6 +164,7 @@ impl BwrapBackend {
                 path_var: settings.path_var,
                 identity,
                 cgroups,
+                egress: settings.egress,
             },
             running: VmFlags::default(),
             slots: Mutex::new(HashMap::new()),
@@ -198,11 +203,16 @@ impl BwrapBackend {
     ) -> Result<Arc<Sandbox>, String> {
         let slot = self.slot(&job.session);
         let _starting = slot.start.lock().await;
+        let asks_for_policy = job.allowed_domains.is_some();
         if let Some(current) = &slot.state().current
-            && current.key == key
+            && key.served_by(&current.key, asks_for_policy)
             && current.link.is_alive()
         {
             return Ok(current.clone());
+        }
+        let allowlist = Arc::new(AllowList::from_entries(job.allowed_domains.as_deref()));
+        for w in allowlist.warnings() {
+            tracing::warn!("session {}: {w}", job.session);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let sandbox = Sandbox::start(
@@ -215,6 +225,7 @@ impl BwrapBackend {
                 events: events.clone(),
                 mounts: &job.pinned,
                 limits: &job.limits,
+                allowlist,
             },
         )?;
         let mut state = slot.state();
@@ -222,7 +233,7 @@ impl BwrapBackend {
             && old.link.is_alive()
         {
             tracing::info!(
-                "session {}: mounts changed, generation {} started; generation {} finishes its processes",
+                "session {}: mounts or network policy changed, generation {} started; generation {} finishes its processes",
                 job.session,
                 generation,
                 old.generation
@@ -371,6 +382,9 @@ impl Backend for BwrapBackend {
             mounts: job.mounts.clone(),
             sdk_dir: sdk_dir(installed_sdk),
             skeleton_home: job.mount_skeleton_home,
+            egress: AllowList::from_entries(job.allowed_domains.as_deref())
+                .key()
+                .clone(),
         };
         let sandbox = match self.sandbox_for(&job, key, &events).await {
             Ok(s) => s,
@@ -387,6 +401,10 @@ impl Backend for BwrapBackend {
         let cwd = sandbox_work_dir(job.cwd.as_deref(), &job.session, &job.mounts, &fs);
         let mut env = job.env;
         env.insert("PWD".into(), cwd.clone());
+        // The way out of the sandbox's network; the spawn's own env wins.
+        for (k, v) in proxy_env() {
+            env.entry(k).or_insert(v);
+        }
         let request = SpawnRequest {
             id: job.id.clone(),
             command,

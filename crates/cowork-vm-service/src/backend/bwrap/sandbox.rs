@@ -30,12 +30,15 @@ use tokio::process::Command;
 use super::identity::Identity;
 use super::protect::protections;
 use crate::backend::PinnedMount;
-use crate::backend::agent_link::{self, AgentLink};
+use crate::backend::agent_link::{self, AgentLink, LinkOptions};
+use crate::backend::netns::Egress;
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
 use crate::sys::cgroup::CgroupManager;
 use crate::sys::pin::pin_real;
 use crate::sys::spawn;
+use cowork_policy::net::{AllowList, AllowListKey};
+use tokio::task::AbortHandle;
 
 /// What makes two spawns able to share a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +46,23 @@ pub struct SandboxKey {
     pub mounts: MountMap,
     pub sdk_dir: Option<PathBuf>,
     pub skeleton_home: bool,
+    /// The normalized network allowlist: a different one is a new
+    /// generation, so no process gets more network than its spawn asked
+    /// for.
+    pub egress: AllowListKey,
+}
+
+impl SandboxKey {
+    /// Whether a spawn asking for `self` may run in a sandbox made for
+    /// `running`. A spawn without `allowedDomains` asks for no policy of
+    /// its own: it joins whatever its session runs (and gets no more than
+    /// that sandbox has).
+    pub fn served_by(&self, running: &SandboxKey, asks_for_policy: bool) -> bool {
+        self.mounts == running.mounts
+            && self.sdk_dir == running.sdk_dir
+            && self.skeleton_home == running.skeleton_home
+            && (!asks_for_policy || self.egress == running.egress)
+    }
 }
 
 /// Host-wide inputs of every sandbox, fixed when the backend starts.
@@ -57,6 +77,8 @@ pub struct SandboxEnv {
     pub identity: Identity,
     /// Where per-session cgroups are made, when limits can be enforced.
     pub cgroups: Option<CgroupManager>,
+    /// The network's way out.
+    pub egress: Egress,
 }
 
 /// What one sandbox start needs besides the host-wide inputs.
@@ -69,6 +91,8 @@ pub struct StartRequest<'a> {
     /// The key's mounts, pinned, in the same order.
     pub mounts: &'a [PinnedMount],
     pub limits: &'a SessionLimits,
+    /// The sandbox's network policy (its key is `key.egress`).
+    pub allowlist: Arc<AllowList>,
 }
 
 /// How much of bwrap's stderr is kept for error messages.
@@ -78,6 +102,8 @@ pub struct Sandbox {
     pub generation: u64,
     pub key: SandboxKey,
     pub link: Arc<AgentLink>,
+    /// The proxy's tasks for this sandbox's listeners.
+    proxy: Arc<Mutex<Vec<AbortHandle>>>,
     bwrap_pid: Pid,
     last_used: Mutex<Instant>,
     stderr: Arc<Mutex<String>>,
@@ -156,6 +182,7 @@ impl Sandbox {
             events,
             mounts,
             limits,
+            allowlist,
         } = req;
         if key.skeleton_home {
             dirs.ensure_home()
@@ -293,11 +320,35 @@ impl Sandbox {
             let counter: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(move || cg.oom_kills());
             counter
         });
-        let link = AgentLink::start_with_oom(daemon_end, events, oom);
+        let (listeners_tx, listeners_rx) = tokio::sync::oneshot::channel();
+        let link = AgentLink::start_with(
+            daemon_end,
+            events,
+            LinkOptions {
+                oom,
+                listeners: Some(listeners_tx),
+            },
+        );
+        let proxy = Arc::new(Mutex::new(Vec::new()));
+        let (tasks, egress, name) = (proxy.clone(), env.egress.clone(), session.to_string());
+        tokio::spawn(async move {
+            // Nothing if the agent died first: the sandbox is gone then.
+            let Ok(listeners) = listeners_rx.await else {
+                return;
+            };
+            match egress.serve(&name, allowlist, listeners) {
+                Ok(handles) => tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(handles),
+                Err(e) => tracing::error!("session {name}: cannot serve the proxy: {e}"),
+            }
+        });
         Ok(Arc::new(Self {
             generation,
             key,
             link,
+            proxy,
             bwrap_pid,
             last_used: Mutex::new(Instant::now()),
             stderr,
@@ -334,11 +385,29 @@ impl Sandbox {
         }
     }
 
+    fn stop_proxy(&self) {
+        for task in self
+            .proxy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
     /// Ends the sandbox and everything in it.
     pub fn shutdown(&self) {
+        self.stop_proxy();
         self.link.close();
         // bwrap leads its own group; with --die-with-parent its pid 1 (the
         // agent) and so the whole pid namespace go with it.
         let _ = kill_process_group(self.bwrap_pid, Signal::KILL);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_proxy();
     }
 }
