@@ -12,7 +12,19 @@ if [ "$(id -u)" = 0 ]; then
     command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
     # Sandbox tests run the daemon as this unprivileged account.
     id cowork-test >/dev/null 2>&1 || useradd --create-home --shell /bin/bash cowork-test
+    # Tools the sandbox tests run inside sandboxes (curl through the proxy,
+    # git in a protected repository, python3 for raw syscalls and sockets).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl git python3 >/dev/null
 fi
+
+# The real Claude Code CLI (a self-contained native binary from npm), for the
+# end-to-end test through the sandbox's proxy; installed once into a cache.
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/cowork-vm-service-tests"
+if [ ! -x "$cache/claude-code/bin/claude" ]; then
+    mkdir -p "$cache"
+    npm install -g --silent --prefix "$cache/claude-code" @anthropic-ai/claude-code >/dev/null
+fi
+export COWORK_TEST_CLAUDE="$cache/claude-code/bin/claude"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -1,6 +1,7 @@
 pub mod harness;
 
 mod bwrap;
+mod claude_code;
 mod doctor;
 mod escapes;
 mod host;
