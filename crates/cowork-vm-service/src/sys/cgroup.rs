@@ -426,8 +426,8 @@ fn v2_reason(
 #[cfg(test)]
 mod tests {
     //! These run for real where the daemon can create cgroups (root on
-    //! cgroup v1, like CI); elsewhere they check only that detection
-    //! gives a reason.
+    //! cgroup v1, like CI). Elsewhere each test checks what such a daemon
+    //! gets instead, a refusal with its reason, and ends there.
 
     use super::*;
     use cowork_policy::confine::limits::PidsMax;
@@ -437,19 +437,38 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     /// One manager for all tests (they run in parallel and share the
-    /// daemon's parent directory).
+    /// daemon's parent directory), or `None` after checking the refusal.
     fn manager() -> Option<&'static CgroupManager> {
-        static MANAGER: std::sync::OnceLock<Option<CgroupManager>> = std::sync::OnceLock::new();
-        MANAGER
-            .get_or_init(|| match CgroupManager::detect() {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    assert!(!e.reason.is_empty());
-                    eprintln!("skipped: {e}");
-                    None
-                }
-            })
-            .as_ref()
+        static MANAGER: std::sync::OnceLock<Result<CgroupManager, NotEnforced>> =
+            std::sync::OnceLock::new();
+        match MANAGER.get_or_init(CgroupManager::detect) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                check_refusal(e);
+                None
+            }
+        }
+    }
+
+    /// A refusal is right only where session cgroups cannot be made (not
+    /// root, or no cgroup v1 hierarchies of our controllers), and it says
+    /// what is missing.
+    fn check_refusal(e: &NotEnforced) {
+        let mounts = parse_cgroup_mounts(&fs::read_to_string("/proc/self/mountinfo").unwrap());
+        let v1_host = CONTROLLERS.iter().all(|c| v1_mount(&mounts, c).is_some());
+        let root = rustix::process::geteuid().is_root();
+        assert!(
+            !(root && v1_host),
+            "as root on a cgroup v1 host session cgroups must be made: {e}"
+        );
+        let names_one = CONTROLLERS.iter().any(|c| e.reason.contains(c));
+        let cause = ["not writable", "no cgroup v1", "cgroup v2"]
+            .iter()
+            .any(|c| e.reason.contains(c));
+        assert!(
+            (names_one || e.reason.contains("cgroup v2")) && cause,
+            "the reason says what is missing: {e}"
+        );
     }
 
     fn limits(memory_bytes: u64, pids: u64) -> SessionLimits {
@@ -530,9 +549,10 @@ mod tests {
     #[test]
     fn memory_limit_kills_and_is_counted() {
         let Some(m) = manager() else { return };
-        if !Path::new("/usr/bin/python3").exists() {
-            return;
-        }
+        assert!(
+            Path::new("/usr/bin/python3").exists(),
+            "this test needs /usr/bin/python3"
+        );
         let cg = m.create("oom", 7, &limits(32 * MIB, 64)).unwrap();
         let mut child = {
             let _guard = cg.enter_current_thread().unwrap();

@@ -4,6 +4,7 @@ mod bwrap;
 mod claude_code;
 mod doctor;
 mod escapes;
+mod hardening;
 mod host;
 mod launcher;
 mod lifecycle;
