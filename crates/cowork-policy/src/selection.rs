@@ -156,9 +156,10 @@ pub struct Selection {
 
 /// The fix for blocked user namespaces, for logs and `--doctor`.
 pub const USERNS_HINT: &str = "bubblewrap cannot create a user namespace. On Ubuntu 24.04+ AppArmor \
-blocks unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1): install an \
-AppArmor profile that grants `userns` to /usr/bin/bwrap (see `cowork-vm-service --doctor`), or \
-set the sysctl to 0 (weaker: it re-enables user namespaces for every program).";
+blocks unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1): load the \
+cowork-vm-service AppArmor profile, which grants `userns` to this binary only and so to the bwrap \
+it runs (the .deb installs it; `cowork-vm-service --doctor` prints the commands), or set the \
+sysctl to 0 (weaker: it re-enables user namespaces for every program).";
 
 /// What a failed probe means, with its fix, in one sentence.
 pub fn probe_failure_cause(failure: &ProbeFailure) -> String {

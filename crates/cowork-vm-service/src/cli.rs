@@ -5,6 +5,8 @@
 //! cowork-vm-service --doctor [--json]                             diagnose
 //! cowork-vm-service run [OPTIONS] -- CMD [ARGS...]                run one command
 //! cowork-vm-service -e SCRIPT                                     the launcher's runtime probe
+//! cowork-vm-service install-client [--dry-run] [--replace-script P] hook Claude Desktop up
+//! cowork-vm-service completions SHELL                             shell completions
 //! ```
 //!
 //! The desktop client's launchers pass `-socket PATH` (one dash) and, with
@@ -55,6 +57,56 @@ pub enum Command {
     /// Internal: the in-sandbox agent (pid 1 of a session sandbox).
     #[command(hide = true)]
     Agent(AgentArgs),
+    /// Hook Claude Desktop up to this binary: COWORK_VM_BACKEND=bwrap and
+    /// COWORK_NODE_PATH=<this binary> in claude-desktop-debian's launcher
+    /// environment file (earlier values are kept for uninstall-client).
+    #[command(after_help = CLIENT_HELP)]
+    InstallClient(ClientArgs),
+    /// Undo install-client: the environment file (and a replaced script) as they were.
+    #[command(after_help = CLIENT_HELP)]
+    UninstallClient(ClientArgs),
+    /// Print a shell completion script to stdout.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+    /// Internal: write the man pages (packaging).
+    #[command(hide = true)]
+    Manpage(ManpageArgs),
+}
+
+const CLIENT_HELP: &str = "The file is ${XDG_CONFIG_HOME:-~/.config}/claude-desktop-debian/environment \
+(KEY=value lines read by the launcher). Restart Claude Desktop afterwards.";
+
+const COMPLETIONS_HELP: &str = "Install for your user, e.g.:
+  bash: cowork-vm-service completions bash > ~/.local/share/bash-completion/completions/cowork-vm-service
+  zsh:  cowork-vm-service completions zsh > ~/.zfunc/_cowork-vm-service  (with fpath+=(~/.zfunc) before compinit)
+  fish: cowork-vm-service completions fish > ~/.config/fish/completions/cowork-vm-service.fish
+The .deb installs them system-wide.";
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Show the change as a diff and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// 2.x client (or any launcher that runs a .js file): also put the shim
+    /// (contrib/cowork-vm-service.js) in place of the reference daemon's script
+    /// at PATH, keeping the original as PATH.cowork-vm-service-backup.
+    #[arg(long, value_name = "PATH")]
+    pub replace_script: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Directory to write cowork-vm-service.1 and one page per subcommand into.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Modules, by layer:
-//! * entry points: [`cli`], [`daemon`], [`run`];
+//! * entry points: [`cli`], [`daemon`], [`run`], [`hookup`] (install-client),
+//!   [`generate`] (man pages, completions);
 //! * transport: [`socket`] (safe bind), [`server`] (connections), [`client`];
 //! * dispatch: [`service`], [`events`], [`processes`], [`process_events`];
 //! * execution: [`backend`], [`supervise`];
@@ -29,6 +30,8 @@ pub mod dirs;
 pub mod doctor;
 pub mod events;
 pub mod framing;
+pub mod generate;
+pub mod hookup;
 pub mod lean_linking;
 pub mod logging;
 pub mod process_events;

@@ -4,7 +4,7 @@ use clap::Parser;
 use cowork_vm_service::cli::{
     Cli, Command, EvalAnswer, agent_fast_path, eval_probe, normalize_argv,
 };
-use cowork_vm_service::{agent, daemon, doctor, run};
+use cowork_vm_service::{agent, daemon, doctor, generate, hookup, run};
 
 fn main() -> ExitCode {
     let argv: Vec<_> = std::env::args_os().collect();
@@ -46,6 +46,10 @@ fn main() -> ExitCode {
         }
         None if cli.doctor => doctor::main(cli.json, cli.socket),
         Some(Command::Agent(args)) => agent::main(args.fd, args.mode()),
+        Some(Command::InstallClient(args)) => hookup::install_main(&args),
+        Some(Command::UninstallClient(args)) => hookup::uninstall_main(&args),
+        Some(Command::Completions(args)) => generate::completions_main(args.shell),
+        Some(Command::Manpage(args)) => generate::manpage_main(&args.out_dir),
         None => daemon::main(cli.socket),
     }
 }

@@ -10,23 +10,14 @@ use cowork_policy::selection::{
     BackendKind, ProbeFailureKind, Selection, USERNS_HINT, select_backend,
 };
 
+use super::apparmor;
+use super::client::client_section;
 use super::facts::{DeviceAccess, Facts, SocketFacts};
 use super::report::{BackendVerdict, Check, Report, Section, Status};
 use crate::backend::{BackendPlan, plan_backend};
 
 /// eCryptfs's filename limit: session and mount names must fit in it.
 const ECRYPTFS_NAME_MAX: u64 = 143;
-
-/// A profile granting `userns` to bwrap (Ubuntu 24.04+).
-const APPARMOR_PROFILE: [&str; 7] = [
-    "abi <abi/4.0>,",
-    "include <tunables/global>",
-    "profile bwrap /usr/bin/bwrap flags=(unconfined) {",
-    "  userns,",
-    "  include if exists <local/bwrap>",
-    "}",
-    "",
-];
 
 pub fn diagnose(facts: &Facts, fs: &dyn FsView) -> Report {
     let mut probe = facts.clone();
@@ -46,6 +37,7 @@ pub fn diagnose(facts: &Facts, fs: &dyn FsView) -> Report {
         ),
         config_section(facts, fs),
         runtime_section(facts, &verdict),
+        client_section(&facts.client, facts.own_exe.as_deref()),
     ];
     Report {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -201,29 +193,8 @@ fn sysctl<'a>(facts: &'a Facts, name: &str) -> Option<&'a str> {
 /// Concrete fixes for blocked user namespaces, from the sysctls present.
 fn userns_fix(facts: &Facts) -> Vec<String> {
     let mut hints = Vec::new();
-    if sysctl(facts, "apparmor_restrict_unprivileged_userns") == Some("1") {
-        hints.push(
-            "AppArmor restricts user namespaces (kernel.apparmor_restrict_unprivileged_userns=1). \
-             Grant them to bwrap only: save this as /etc/apparmor.d/bwrap"
-                .to_string(),
-        );
-        hints.extend(
-            APPARMOR_PROFILE
-                .iter()
-                .filter(|l| !l.is_empty())
-                .map(|l| format!("    {l}")),
-        );
-        hints.push(
-            "then run `sudo apparmor_parser -r /etc/apparmor.d/bwrap`. Trade-off: any program can \
-             then get a user namespace by going through bwrap, which is what the restriction \
-             was meant to prevent."
-                .to_string(),
-        );
-        hints.push(
-            "Or, for all programs (weaker): `sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0` \
-             (persist it in /etc/sysctl.d/)."
-                .to_string(),
-        );
+    if sysctl(facts, apparmor::RESTRICT_SYSCTL) == Some("1") {
+        hints.extend(apparmor::fix_hints(facts.own_exe.as_deref()));
     }
     if sysctl(facts, "unprivileged_userns_clone") == Some("0") {
         hints
@@ -256,6 +227,7 @@ fn kernel_section(facts: &Facts) -> Section {
         }
         checks.push(c);
     }
+    checks.extend(apparmor::label_check(facts));
     checks.push(match facts.landlock_abi {
         Some(abi) => Check::new(Status::Pass, format!("Landlock ABI {abi}")),
         None => Check::new(Status::Warn, "Landlock is not available in this kernel")

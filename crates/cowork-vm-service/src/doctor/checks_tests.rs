@@ -5,6 +5,7 @@ use cowork_policy::fs_view::FakeFs;
 use cowork_policy::selection::{KvmRequirements, ProbeFailure};
 use serde_json::json;
 
+use super::super::client::ClientFacts;
 use super::super::facts::{CgroupFacts, DeviceAccess, Facts, SocketFacts};
 use super::diagnose;
 
@@ -40,6 +41,15 @@ fn healthy() -> Facts {
         sessions_bytes: Some(5 << 20),
         free_bytes: Some(100 << 30),
         home_name_max: Some(255),
+        apparmor_label: None,
+        client: ClientFacts {
+            env_file: "/home/u/.config/claude-desktop-debian/environment".into(),
+            text: Some(Ok(
+                "COWORK_VM_BACKEND=bwrap\nCOWORK_NODE_PATH=/usr/bin/cowork-vm-service\n".into(),
+            )),
+            node_path_resolved: Some("/usr/bin/cowork-vm-service".into()),
+            node_path_executable: true,
+        },
     }
 }
 
@@ -136,12 +146,12 @@ fn machines_table() {
             &[
                 "[FAIL] bwrap probe failed: bwrap exited with status 1: bwrap: setting up uid map: Permission denied",
                 "kernel.apparmor_restrict_unprivileged_userns=1",
-                "save this as /etc/apparmor.d/bwrap",
-                "    profile bwrap /usr/bin/bwrap flags=(unconfined) {",
-                "      userns,",
-                "sudo apparmor_parser -r /etc/apparmor.d/bwrap",
-                "Trade-off: any program can then get a user namespace",
+                "Grant them to this binary only (bwrap, which it runs, inherits the grant)",
+                "sudo install -m 644 /usr/share/cowork-vm-service/apparmor/cowork-vm-service /etc/apparmor.d/cowork-vm-service",
+                "sudo apparmor_parser -r /etc/apparmor.d/cowork-vm-service",
+                "sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0",
                 "[WARN] apparmor_restrict_unprivileged_userns = 1",
+                "[WARN] AppArmor: no cowork-vm-service profile is attached to this binary (label: unknown)",
                 "[FAIL] backend: host: no isolation available",
             ],
         ),
@@ -153,7 +163,63 @@ fn machines_table() {
             },
             "bwrap",
             0,
-            &["[PASS] apparmor_restrict_unprivileged_userns = 1"],
+            &[
+                "[PASS] apparmor_restrict_unprivileged_userns = 1",
+                "[PASS] AppArmor: no cowork-vm-service profile on this binary (label: unknown), but bwrap creates user namespaces anyway",
+            ],
+        ),
+        (
+            "AppArmor restricts, and our profile is attached",
+            |f| {
+                f.sysctls
+                    .push(("apparmor_restrict_unprivileged_userns".into(), "1".into()));
+                f.apparmor_label = Some("cowork-vm-service (unconfined)".into());
+            },
+            "bwrap",
+            0,
+            &[
+                "[PASS] AppArmor: this binary runs under its profile (cowork-vm-service (unconfined)); the bwrap it runs inherits the userns grant",
+            ],
+        ),
+        (
+            "AppArmor blocks a binary installed with cargo install",
+            |f| {
+                apparmor_blocked(f);
+                f.own_exe = Some("/home/u/.cargo/bin/cowork-vm-service".into());
+                f.apparmor_label = Some("unconfined".into());
+            },
+            "host",
+            2,
+            &[
+                "save this as /etc/apparmor.d/cowork-vm-service",
+                "    profile cowork-vm-service /home/u/.cargo/bin/cowork-vm-service flags=(unconfined) {",
+                "      userns,",
+                "writable by root only",
+                "[WARN] AppArmor: no cowork-vm-service profile is attached to this binary (label: unconfined)",
+            ],
+        ),
+        (
+            "the client is not hooked up",
+            |f| f.client.text = None,
+            "bwrap",
+            0,
+            &[
+                "Claude Desktop hook-up",
+                "[WARN] not hooked up: /home/u/.config/claude-desktop-debian/environment does not exist",
+                "cowork-vm-service install-client",
+            ],
+        ),
+        (
+            "the client runs a binary that is gone",
+            |f| {
+                f.client.node_path_resolved = None;
+                f.client.node_path_executable = false;
+            },
+            "bwrap",
+            1,
+            &[
+                "[FAIL] /home/u/.config/claude-desktop-debian/environment: COWORK_NODE_PATH=/usr/bin/cowork-vm-service is missing or not executable",
+            ],
         ),
         (
             "Debian's userns switch off",

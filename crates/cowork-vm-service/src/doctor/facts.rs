@@ -15,6 +15,7 @@ use cowork_policy::selection::{HostProbe, KvmRequirements, ProbeFailure};
 use rustix::fs::{Access, access};
 use serde_json::{Value, json};
 
+use super::client::ClientFacts;
 use crate::backend::probe::{RealProbe, run_probe};
 use crate::client::Connection;
 use crate::dirs::Dirs;
@@ -87,6 +88,11 @@ pub struct Facts {
     pub sessions_bytes: Option<u64>,
     pub free_bytes: Option<u64>,
     pub home_name_max: Option<u64>,
+    /// This process's AppArmor label (`cowork-vm-service (unconfined)`,
+    /// `unconfined`), `None` without AppArmor.
+    pub apparmor_label: Option<String>,
+    /// The launcher environment file that hooks the client up.
+    pub client: ClientFacts,
 }
 
 impl HostProbe for Facts {
@@ -188,6 +194,39 @@ pub fn gather(dirs: &Dirs, socket_path: &Path) -> Facts {
         free_bytes: existing_ancestor(&sessions_dir).and_then(|p| free_bytes(&p)),
         home_name_max: rustix::fs::statvfs(&dirs.home).ok().map(|s| s.f_namemax),
         sessions_dir,
+        apparmor_label: std::fs::read_to_string("/proc/self/attr/apparmor/current")
+            .ok()
+            .map(|l| l.trim_end_matches(['\n', '\0']).to_string()),
+        client: client_facts(dirs),
+    }
+}
+
+/// The launcher environment file and the program its `COWORK_NODE_PATH`
+/// names.
+fn client_facts(dirs: &Dirs) -> ClientFacts {
+    let env_file = crate::hookup::env_file_path(dirs);
+    let text = match std::fs::read_to_string(&env_file) {
+        Ok(t) => Some(Ok(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(Err(e.to_string())),
+    };
+    let node_path = text
+        .as_ref()
+        .and_then(|t| t.as_ref().ok())
+        .and_then(|t| crate::hookup::env_file::settings(t).node_path)
+        .filter(|p| !p.is_empty());
+    let node_path_resolved = node_path
+        .as_deref()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p.is_file());
+    let node_path_executable = node_path_resolved
+        .as_deref()
+        .is_some_and(|p| access(p, Access::EXEC_OK).is_ok());
+    ClientFacts {
+        env_file,
+        text,
+        node_path_resolved,
+        node_path_executable,
     }
 }
 

@@ -5,7 +5,9 @@
 //! facts into a [`report::Report`] (pure, so tests fake any machine); the
 //! exit status is the number of failures.
 
+pub mod apparmor;
 pub mod checks;
+pub mod client;
 pub mod facts;
 pub mod report;
 

@@ -6,6 +6,7 @@ mod doctor;
 mod escapes;
 mod hardening;
 mod host;
+mod install;
 mod launcher;
 mod lifecycle;
 mod network;
