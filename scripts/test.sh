@@ -15,6 +15,8 @@ if [ "$(id -u)" = 0 ]; then
     # Tools the sandbox tests run inside sandboxes (curl through the proxy,
     # git in a protected repository, python3 for raw syscalls and sockets).
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl git python3 >/dev/null
+    # The package checks (scripts/package-test.sh).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian man-db >/dev/null
 fi
 
 # The real Claude Code CLI (a self-contained native binary from npm), for the
@@ -33,3 +35,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+# The .deb: built from the release build, lintian, unpacked and exercised.
+bash scripts/package-test.sh
