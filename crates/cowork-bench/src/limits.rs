@@ -2,6 +2,7 @@
 //! under each of our figures.
 
 use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -12,6 +13,9 @@ use cowork_policy::bwrap_config::BwrapMountsConfig;
 use cowork_policy::command::find_in_path;
 use cowork_policy::confine::limits::{PidsMax, SessionLimits, TmpfsSizes};
 use cowork_vm_service::real_fs::RealFs;
+use cowork_vm_service::sys::pin::pin_real;
+use cowork_vm_service::sys::spawn;
+use rustix::fs::OFlags;
 
 use crate::daemon::scratch_dir;
 use crate::measure::producer;
@@ -36,10 +40,18 @@ pub fn bwrap_path() -> Option<PathBuf> {
 }
 
 /// Our session sandbox's exact bwrap argv running `payload` instead of
-/// the agent. With `/usr/bin/true`: what one cold start costs bubblewrap
-/// alone. With `sh -c /usr/bin/true`: the smallest pid 1 that starts one
-/// command, the floor of any agent design.
-pub fn bare_bwrap_argv(home: &Path, session_tmp: &Path, payload: &[&str]) -> Vec<String> {
+/// the agent: the same flags, tmpfs sizes (the default limits) and binds,
+/// the session tmp and the agent binary bound from the descriptors
+/// `session_tmp` and `agent_binary` as the daemon binds them, without the
+/// agent's confinement plan. With `/usr/bin/true`: what one cold start
+/// costs bubblewrap alone. With `sh -c /usr/bin/true`: the smallest pid 1
+/// that starts one command, the floor of any agent design.
+pub fn bare_bwrap_argv(
+    home: &Path,
+    session_tmp: Source,
+    agent_binary: Source,
+    payload: &[&str],
+) -> Vec<String> {
     let layout = host_layout(&RealFs);
     let config = BwrapMountsConfig::default();
     let tmpfs =
@@ -47,14 +59,12 @@ pub fn bare_bwrap_argv(home: &Path, session_tmp: &Path, payload: &[&str]) -> Vec
     let plan = SandboxPlan {
         session: "bench",
         home,
-        // Paths where the daemon passes descriptors: bwrap binds both the
-        // same way, and the bench cannot pass descriptors to `Command`.
-        session_tmp: Source::Path(session_tmp.to_string_lossy().into_owned()),
+        session_tmp,
         skeleton_home: None,
         sdk: None,
         mounts: &[],
         extra_binds: &[],
-        agent_binary: Source::Path("/usr/bin/true".into()),
+        agent_binary,
         agent_fd: 3,
         layout: &layout,
         config: &config,
@@ -78,6 +88,9 @@ pub const SH_RUNS_TRUE: &[&str] = &["/bin/sh", "-c", "/usr/bin/true"];
 pub struct BareBwrap {
     bwrap: PathBuf,
     argv: Vec<String>,
+    /// The session tmp and the agent binary, pinned as the daemon pins
+    /// them, passed to every run.
+    passed: [OwnedFd; 2],
     _scratch: tempfile::TempDir,
 }
 
@@ -89,21 +102,34 @@ impl BareBwrap {
         let scratch = scratch_dir("cowork-bench-bare-")?;
         let session_tmp = scratch.path().join("tmp");
         std::fs::create_dir(&session_tmp)?;
-        let argv = bare_bwrap_argv(&scratch.path().join("home"), &session_tmp, payload);
+        let tmp = pin_real(&session_tmp, OFlags::DIRECTORY).context("pinning the session tmp")?;
+        let agent = pin_real(Path::new("/usr/bin/true"), OFlags::empty())
+            .context("pinning /usr/bin/true")?;
+        let argv = bare_bwrap_argv(
+            &scratch.path().join("home"),
+            Source::Fd(tmp.as_raw_fd()),
+            Source::Fd(agent.as_raw_fd()),
+            payload,
+        );
         Ok(Self {
             bwrap,
             argv,
+            passed: [tmp, agent],
             _scratch: scratch,
         })
     }
 
     /// One start-to-exit, in ms.
     pub fn sample(&self) -> Result<f64> {
+        let fds = self.passed.each_ref().map(AsFd::as_fd);
         let t = Instant::now();
-        let out = Command::new(&self.bwrap)
-            .args(&self.argv)
-            .stdin(Stdio::null())
-            .output()?;
+        // The daemon's own way of handing descriptors to bwrap.
+        let out = spawn::with_inherited(&fds, || {
+            Command::new(&self.bwrap)
+                .args(&self.argv)
+                .stdin(Stdio::null())
+                .output()
+        })?;
         let elapsed = ms(t.elapsed());
         if !out.status.success() {
             bail!(
