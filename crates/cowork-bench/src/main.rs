@@ -6,6 +6,7 @@
 //! median over runs (per-operation figures are a run's p50/p99 first).
 
 mod daemon;
+mod egress;
 mod limits;
 mod measure;
 mod report;
@@ -58,6 +59,12 @@ struct Args {
     /// Spawns sent at once for the concurrency figure.
     #[arg(long, default_value_t = 50)]
     concurrent: usize,
+    /// Bytes downloaded through the sandbox's proxy (and directly).
+    #[arg(long, default_value_t = 1 << 30)]
+    egress_bytes: u64,
+    /// Connects timed to the first byte, through the proxy and directly.
+    #[arg(long, default_value_t = 200)]
+    connects: usize,
     /// Tiny counts: checks that everything works, measures nothing useful.
     #[arg(long)]
     quick: bool,
@@ -76,6 +83,8 @@ impl Args {
             self.rpcs = 20;
             self.stdout_bytes = 1 << 20;
             self.concurrent = 5;
+            self.egress_bytes = 16 << 20;
+            self.connects = 10;
         }
     }
 }
@@ -185,6 +194,15 @@ fn measure_target(
         )
         .with_context(|| format!("{label}: cold bwrap spawns"))?;
         m.insert("spawn_bwrap_cold_p50_ms", p(&cold, 50.0));
+        // The network's way out: ours only (the reference shares the
+        // host's network and has no proxy).
+        if bare.is_some() {
+            for (key, value) in egress::measure(&d, args.egress_bytes, args.connects)
+                .with_context(|| format!("{label}: egress"))?
+            {
+                m.insert(key, value);
+            }
+        }
     }
     Ok(m)
 }
@@ -255,7 +273,21 @@ fn main() -> Result<()> {
         if !ours_first {
             ours_runs.push(measure_target(&ours, &args, run, bwrap, Some(&mut bare))?);
         }
-        limit_runs.push(measure_limits(&args, &bare)?);
+        let mut limits = measure_limits(&args, &bare)?;
+        // The direct downloads and connects were taken next to ours.
+        if let Some(last) = ours_runs.last_mut() {
+            let direct: Vec<&'static str> = last
+                .keys()
+                .copied()
+                .filter(|k| k.contains("_direct_"))
+                .collect();
+            for key in direct {
+                if let Some(v) = last.remove(key) {
+                    limits.insert(key, v);
+                }
+            }
+        }
+        limit_runs.push(limits);
     }
     let results = Results {
         runs: args.runs,
@@ -271,14 +303,17 @@ fn main() -> Result<()> {
     } else {
         print!("{}", results.table());
         println!(
-            "\nmedians of {} runs; spawns {}, warm {}, cold {}, rpcs {}, stdout {} MiB, concurrent {}",
+            "\nmedians of {} runs; spawns {}, warm {}, cold {}, rpcs {}, stdout {} MiB, concurrent {}, \
+             download {} MiB, connects {}",
             args.runs,
             args.spawns,
             args.warm_spawns,
             args.cold_spawns,
             args.rpcs,
             args.stdout_bytes >> 20,
-            args.concurrent
+            args.concurrent,
+            args.egress_bytes >> 20,
+            args.connects
         );
     }
 
@@ -290,5 +325,6 @@ fn args_json(a: &Args) -> serde_json::Value {
         "runs": a.runs, "spawns": a.spawns, "warmSpawns": a.warm_spawns,
         "coldSpawns": a.cold_spawns, "rpcs": a.rpcs, "window": a.window,
         "stdoutBytes": a.stdout_bytes, "concurrent": a.concurrent,
+        "egressBytes": a.egress_bytes, "connects": a.connects,
     })
 }

@@ -26,7 +26,7 @@ const fn fig(
     }
 }
 
-pub const FIGURES: [Figure; 17] = [
+pub const FIGURES: [Figure; 23] = [
     fig("start_ms", "daemon start -> first RPC (ms)", false, None),
     fig("idle_rss_mib", "idle RSS (MiB)", false, None),
     fig(
@@ -92,6 +92,30 @@ pub const FIGURES: [Figure; 17] = [
         None,
     ),
     fig(
+        "egress_connect_mbps",
+        "download via proxy CONNECT (MB/s)",
+        true,
+        Some("egress_direct_mbps"),
+    ),
+    fig(
+        "egress_socks_mbps",
+        "download via proxy SOCKS5 (MB/s)",
+        true,
+        Some("egress_direct_mbps"),
+    ),
+    fig(
+        "egress_first_byte_p50_ms",
+        "connect->first byte via proxy p50 (ms)",
+        false,
+        Some("egress_first_byte_direct_p50_ms"),
+    ),
+    fig(
+        "egress_first_byte_p99_ms",
+        "connect->first byte via proxy p99 (ms)",
+        false,
+        None,
+    ),
+    fig(
         "fork_exec_p50_ms",
         "limit: fork+exec /usr/bin/true p50 (ms)",
         false,
@@ -106,6 +130,18 @@ pub const FIGURES: [Figure; 17] = [
     fig(
         "bwrap_pid1_one_command_p50_ms",
         "limit: same, pid 1 = sh -c true p50 (ms)",
+        false,
+        None,
+    ),
+    fig(
+        "egress_direct_mbps",
+        "limit: direct loopback download (MB/s)",
+        true,
+        None,
+    ),
+    fig(
+        "egress_first_byte_direct_p50_ms",
+        "limit: direct connect->first byte p50 (ms)",
         false,
         None,
     ),
