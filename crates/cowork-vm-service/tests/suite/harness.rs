@@ -83,7 +83,12 @@ pub fn binary_for(user: Option<&TestUser>) -> PathBuf {
         for d in [Path::new("/tmp/cowork-test-bin"), dir.as_path()] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let partial = dir.join(format!("partial-{}", std::process::id()));
+        // One name per thread: the tests of one process stage concurrently.
+        let partial = dir.join(format!(
+            "partial-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::copy(BIN, &partial).unwrap();
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
         // Never replace a copy another test process staged meanwhile: a
