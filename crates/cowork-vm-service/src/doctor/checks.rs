@@ -13,6 +13,7 @@ use cowork_policy::selection::{
 use super::apparmor;
 use super::client::client_section;
 use super::facts::{DeviceAccess, Facts, SocketFacts};
+use super::layers;
 use super::report::{BackendVerdict, Check, Report, Section, Status};
 use crate::backend::{BackendPlan, plan_backend};
 
@@ -228,47 +229,8 @@ fn kernel_section(facts: &Facts) -> Section {
         checks.push(c);
     }
     checks.extend(apparmor::label_check(facts));
-    checks.push(match facts.landlock_abi {
-        Some(abi) => Check::new(Status::Pass, format!("Landlock ABI {abi}")),
-        None => Check::new(Status::Warn, "Landlock is not available in this kernel")
-            .hint("filesystem hardening inside the sandbox is reduced to bubblewrap's mounts; enable it with the boot parameter lsm=landlock,..."),
-    });
-    checks.push(if facts.seccomp {
-        Check::new(Status::Pass, "seccomp filtering available")
-    } else {
-        Check::new(Status::Warn, "seccomp filtering is not available")
-            .hint("syscall hardening of sandboxed commands is off; the kernel lacks CONFIG_SECCOMP_FILTER")
-    });
-    let cg = &facts.cgroup;
-    checks.push(if !cg.v2 {
-        Check::new(
-            Status::Warn,
-            "cgroup v2 is not mounted (cgroup v1 host): memory and process limits cannot be enforced",
-        )
-        .hint("boot with systemd.unified_cgroup_hierarchy=1 to get cgroup v2")
-    } else if cg.controllers.iter().any(|c| c == "memory") && cg.writable {
-        Check::new(
-            Status::Pass,
-            format!(
-                "cgroup v2 delegated to us ({}): memory limits possible",
-                cg.own.as_deref().unwrap_or("/")
-            ),
-        )
-    } else {
-        Check::new(
-            Status::Warn,
-            format!(
-                "cgroup v2 memory controller not delegated to {} (controllers: {})",
-                cg.own.as_deref().unwrap_or("our cgroup"),
-                if cg.controllers.is_empty() {
-                    "none".to_string()
-                } else {
-                    cg.controllers.join(" ")
-                }
-            ),
-        )
-        .hint("run the desktop app in a user session with delegation (systemd user service, or `systemd-run --user -p Delegate=yes`)")
-    });
+    // seccomp, Landlock and the session limits as the daemon applies them.
+    checks.extend(layers::layer_checks(facts));
     Section {
         title: "Kernel".into(),
         checks,

@@ -6,11 +6,11 @@ use cowork_policy::selection::{KvmRequirements, ProbeFailure};
 use serde_json::json;
 
 use super::super::client::ClientFacts;
-use super::super::facts::{CgroupFacts, DeviceAccess, Facts, SocketFacts};
+use super::super::facts::{CgroupLimits, DeviceAccess, Facts, LandlockSupport, SocketFacts};
 use super::diagnose;
 
 /// A healthy Debian-like machine: bwrap works, KVM absent, cgroup v2
-/// delegated, no config, no daemon.
+/// (so no session limits), no config, no daemon.
 fn healthy() -> Facts {
     Facts {
         backend_override: None,
@@ -18,13 +18,17 @@ fn healthy() -> Facts {
         bwrap_version: Some("bubblewrap 0.8.0".into()),
         bwrap_probe: Some(Ok(())),
         sysctls: vec![("max_user_namespaces".into(), "63000".into())],
-        landlock_abi: Some(7),
+        landlock: LandlockSupport::Abi(7),
         seccomp: true,
-        cgroup: CgroupFacts {
-            v2: true,
-            own: Some("/user.slice/user-1000.slice/app.slice".into()),
-            controllers: vec!["cpu".into(), "memory".into(), "pids".into()],
-            writable: true,
+        arch: "x86_64".into(),
+        cgroup: CgroupLimits {
+            detected: Err("cgroup v2 is delegated at \
+                 /sys/fs/cgroup/user.slice/user-1000.slice/app.slice but starting bwrap inside a \
+                 session cgroup needs clone3(CLONE_INTO_CGROUP) or a systemd scope, not \
+                 implemented yet"
+                .into()),
+            v1_hierarchies: false,
+            root: false,
         },
         kvm: KvmRequirements::default(),
         dev_kvm: DeviceAccess::Missing,
@@ -99,8 +103,9 @@ fn machines_table() {
             &[
                 "[PASS] backend: bwrap (bubblewrap at /usr/bin/bwrap works)",
                 "[PASS] bwrap: /usr/bin/bwrap (bubblewrap 0.8.0)",
-                "[PASS] Landlock ABI 7",
-                "[PASS] cgroup v2 delegated to us (/user.slice/user-1000.slice/app.slice)",
+                "[PASS] Landlock ABI 7: every sandbox gets its Landlock rules",
+                "[PASS] seccomp: every sandbox installs the deny list (3 filters,",
+                "[INFO] session limits (memory, CPU, processes) are not enforced: cgroup v2",
                 "KVM (optional: only for COWORK_VM_BACKEND=kvm)",
                 "[INFO] /dev/kvm is missing",
                 "[INFO] qemu-system-x86_64 not found on PATH",
@@ -302,30 +307,42 @@ fn machines_table() {
             ],
         ),
         (
-            "cgroup v1, no landlock, no seccomp",
+            "cgroup v1 as a user, Landlock off at boot, no seccomp",
             |f| {
-                f.cgroup = CgroupFacts::default();
-                f.landlock_abi = None;
+                f.cgroup = CgroupLimits {
+                    detected: Err("memory (/sys/fs/cgroup/memory) is not writable".into()),
+                    v1_hierarchies: true,
+                    root: false,
+                };
+                f.landlock = LandlockSupport::NotEnabled;
                 f.seccomp = false;
             },
             "bwrap",
-            0,
+            1,
             &[
-                "[WARN] cgroup v2 is not mounted",
-                "[WARN] Landlock is not available",
-                "[WARN] seccomp filtering is not available",
+                "[WARN] session limits (memory, CPU, processes) are not enforced: memory",
+                "only a daemon running as root",
+                "[WARN] Landlock is built into this kernel but not enabled",
+                "lsm= boot parameter",
+                "[FAIL] seccomp: this kernel cannot filter syscalls: sandboxes cannot start",
             ],
         ),
         (
-            "cgroup v2 without memory delegation",
+            "cgroup v1 as root, old Landlock",
             |f| {
-                f.cgroup.controllers = vec!["cpu".into()];
-                f.cgroup.writable = false;
+                f.cgroup = CgroupLimits {
+                    detected: Ok("cgroup v1 (memory, pids, cpu): /sys/fs/cgroup/memory/d".into()),
+                    v1_hierarchies: true,
+                    root: true,
+                };
+                f.landlock = LandlockSupport::Abi(3);
             },
             "bwrap",
             0,
             &[
-                "[WARN] cgroup v2 memory controller not delegated to /user.slice/user-1000.slice/app.slice (controllers: cpu)",
+                "[PASS] session limits (memory, CPU, processes) enforced: cgroup v1",
+                "[WARN] Landlock ABI 3: every sandbox gets its Landlock rules in part",
+                "Linux 6.12 or newer",
             ],
         ),
         (

@@ -29,17 +29,27 @@ pub enum DeviceAccess {
     ReadWrite,
 }
 
-/// cgroup facts for memory limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CgroupFacts {
-    /// The unified (v2) hierarchy is mounted at /sys/fs/cgroup.
-    pub v2: bool,
-    /// Our cgroup's path in the v2 hierarchy.
-    pub own: Option<String>,
-    /// Controllers available in our cgroup (`cgroup.controllers`).
-    pub controllers: Vec<String>,
-    /// We can create child cgroups (the directory is writable by us).
-    pub writable: bool,
+/// Whether a daemon started like this process can bound each session
+/// sandbox, as the daemon itself decides it (`CgroupManager::detect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// `Ok`: where session cgroups are made (`CgroupManager::describe`);
+    /// `Err`: why they cannot be.
+    pub detected: Result<String, String>,
+    /// cgroup v1 hierarchies of `memory`, `pids` and `cpu` are mounted.
+    pub v1_hierarchies: bool,
+    /// This process runs as root.
+    pub root: bool,
+}
+
+/// The kernel's Landlock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandlockSupport {
+    Abi(u32),
+    /// Built in but not enabled at boot (`lsm=`): EOPNOTSUPP.
+    NotEnabled,
+    /// Not in this kernel: ENOSYS.
+    NotBuilt,
 }
 
 /// What is at the daemon's socket path.
@@ -68,10 +78,12 @@ pub struct Facts {
     pub bwrap_probe: Option<Result<(), ProbeFailure>>,
     /// `/proc/sys/...` values by short name; absent files are left out.
     pub sysctls: Vec<(String, String)>,
-    /// `None`: the kernel has no Landlock (or it is disabled).
-    pub landlock_abi: Option<u32>,
+    pub landlock: LandlockSupport,
+    /// The kernel filters syscalls with seccomp BPF (and can answer errnos).
     pub seccomp: bool,
-    pub cgroup: CgroupFacts,
+    /// `std::env::consts::ARCH` (the seccomp filter's architecture).
+    pub arch: String,
+    pub cgroup: CgroupLimits,
     pub kvm: KvmRequirements,
     pub dev_kvm: DeviceAccess,
     pub ovmf: Option<PathBuf>,
@@ -174,9 +186,10 @@ pub fn gather(dirs: &Dirs, socket_path: &Path) -> Facts {
         bwrap_version,
         bwrap_probe,
         sysctls,
-        landlock_abi: landlock_abi(),
+        landlock: landlock_support(),
         seccomp: seccomp_available(),
-        cgroup: cgroup_facts(),
+        arch: std::env::consts::ARCH.to_string(),
+        cgroup: cgroup_limits(),
         dev_kvm: device_access(Path::new("/dev/kvm")),
         ovmf: OVMF_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()),
         home: dirs.home.clone(),
@@ -242,7 +255,7 @@ fn bwrap_version(bwrap: &Path) -> Option<String> {
 
 /// The kernel's Landlock ABI version (rustix has no wrapper for this
 /// query, so it is a raw syscall).
-fn landlock_abi() -> Option<u32> {
+fn landlock_support() -> LandlockSupport {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a null attribute pointer, size 0 and the VERSION flag
     // the syscall only returns the ABI version (or an error); it reads and
@@ -255,39 +268,41 @@ fn landlock_abi() -> Option<u32> {
             LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
-    u32::try_from(v).ok().filter(|v| *v > 0)
-}
-
-/// seccomp filtering is compiled in when `/proc/self/status` reports it.
-fn seccomp_available() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
-}
-
-fn cgroup_facts() -> CgroupFacts {
-    let root = Path::new("/sys/fs/cgroup");
-    if !root.join("cgroup.controllers").exists() {
-        return CgroupFacts::default();
+    match u32::try_from(v) {
+        Ok(abi) if abi > 0 => LandlockSupport::Abi(abi),
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            LandlockSupport::NotEnabled
+        }
+        _ => LandlockSupport::NotBuilt,
     }
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .map(str::to_string)
-        });
-    let dir = own.as_deref().map_or_else(
-        || root.to_path_buf(),
-        |o| root.join(o.trim_start_matches('/')),
-    );
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers"))
-        .map(|s| s.split_whitespace().map(str::to_string).collect())
+}
+
+/// seccomp filters with errno answers are available (the kernel lists
+/// the actions it supports only when built with `CONFIG_SECCOMP_FILTER`).
+fn seccomp_available() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").is_ok_and(|s| {
+        let actions: Vec<&str> = s.split_whitespace().collect();
+        actions.contains(&"errno") && actions.contains(&"kill_process")
+    })
+}
+
+/// What the daemon's own detection finds (it makes and removes its empty
+/// parent cgroup directories when it can).
+fn cgroup_limits() -> CgroupLimits {
+    use cowork_policy::confine::cgroup::{
+        CONTROLLERS, daemon_dir_name, parse_cgroup_mounts, v1_mount,
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| parse_cgroup_mounts(&text))
         .unwrap_or_default();
-    CgroupFacts {
-        v2: true,
-        own,
-        controllers,
-        writable: access(&dir, Access::WRITE_OK).is_ok(),
+    // Where, without this process's own (temporary) directory name.
+    let ours = format!("/{}", daemon_dir_name(std::process::id()));
+    CgroupLimits {
+        detected: crate::sys::cgroup::CgroupManager::detect()
+            .map(|m| m.describe().replace(&ours, ""))
+            .map_err(|e| e.reason),
+        v1_hierarchies: CONTROLLERS.iter().all(|c| v1_mount(&mounts, c).is_some()),
+        root: rustix::process::geteuid().is_root(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod apparmor;
 pub mod checks;
 pub mod client;
 pub mod facts;
+pub mod layers;
 pub mod report;
 
 use std::io::IsTerminal;
