@@ -16,5 +16,6 @@ pub mod names;
 pub mod net;
 pub mod paths;
 pub mod protect;
+pub mod qemu_argv;
 pub mod selection;
 pub mod signal;
