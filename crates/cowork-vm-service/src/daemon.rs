@@ -107,6 +107,8 @@ pub fn main(socket_arg: Option<PathBuf>) -> ExitCode {
     let dirs = Dirs::from_env();
     let log = logging::init(&dirs.log_file(), logging::debug_from_env(), true);
     install_panic_hook();
+    let nofile = crate::sys::fds::raise_nofile_limit();
+    tracing::debug!("open-file limit {nofile}");
     let socket_path = socket_arg.unwrap_or_else(|| dirs.default_socket());
     tracing::info!(
         target: LIFECYCLE,

@@ -7,10 +7,15 @@
 //! the hub's lock so nothing published meanwhile is lost or duplicated (the
 //! client's `startVM` races its `subscribeEvents`).
 //!
-//! Back-pressure: publishing waits for room in each subscriber's queue, so a
+//! Each subscriber has its own bounded queue (its connection's outgoing
+//! frames). Back-pressure: publishing waits for room in every queue, so a
 //! process writing faster than the client reads is slowed down instead of
-//! buffered without bound. A subscriber that makes no room for
-//! [`STALLED_SUBSCRIBER`] is dropped (logged) so it cannot stall the others.
+//! buffered without bound, and no subscriber that keeps reading loses
+//! output. The waits happen outside the hub's lock and side by side, so
+//! one slow queue never blocks subscribing, unsubscribing or the delivery
+//! to the others; a subscriber that makes no room for
+//! [`STALLED_SUBSCRIBER`] has fallen behind and is dropped (logged), so the
+//! others wait at most that long, once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +23,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use cowork_protocol::event::{ApiReachability, Event, NetworkStatus};
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 
-/// How long a subscriber may refuse new events before it is dropped.
-pub const STALLED_SUBSCRIBER: Duration = Duration::from_secs(30);
+/// How long a subscriber may refuse new events before it is dropped. A
+/// client that reads at all frees a slot within microseconds.
+pub const STALLED_SUBSCRIBER: Duration = Duration::from_secs(1);
 
 /// Sender half of a connection's outgoing queue (complete frames).
 pub type FrameSender = mpsc::Sender<Bytes>;
@@ -38,14 +45,25 @@ struct HubState {
     api: Option<ApiReachability>,
 }
 
+#[derive(Clone)]
 struct Subscriber {
     id: u64,
     tx: FrameSender,
+    /// Cancelled when the hub drops it: its connection closes, so the
+    /// client sees it and can subscribe again.
+    dropped: CancellationToken,
 }
 
 /// Identifies a subscription (to cancel it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscriptionId(u64);
+
+/// A live subscription: its id, and a token cancelled if the hub drops it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    pub dropped: CancellationToken,
+}
 
 impl EventHub {
     pub fn new() -> Self {
@@ -54,7 +72,7 @@ impl EventHub {
 
     /// Sends `ack` and the current state to `tx`, then adds it as a
     /// subscriber. `None` if the connection went away first.
-    pub async fn subscribe(&self, tx: FrameSender, ack: Bytes) -> Option<SubscriptionId> {
+    pub async fn subscribe(&self, tx: FrameSender, ack: Bytes) -> Option<Subscription> {
         let mut state = self.inner.lock().await;
         tx.send(ack).await.ok()?;
         let mut intro = Vec::new();
@@ -70,9 +88,17 @@ impl EventHub {
         }
         state.next_id += 1;
         let id = state.next_id;
-        state.subscribers.push(Subscriber { id, tx });
+        let dropped = CancellationToken::new();
+        state.subscribers.push(Subscriber {
+            id,
+            tx,
+            dropped: dropped.clone(),
+        });
         tracing::debug!("subscriber {id} added ({} live)", state.subscribers.len());
-        Some(SubscriptionId(id))
+        Some(Subscription {
+            id: SubscriptionId(id),
+            dropped,
+        })
     }
 
     pub async fn unsubscribe(&self, id: SubscriptionId) {
@@ -85,8 +111,8 @@ impl EventHub {
         let Some(encoded) = encode(event) else {
             return;
         };
-        let mut state = self.inner.lock().await;
-        Self::deliver(&mut state, encoded).await;
+        let subscribers = self.inner.lock().await.subscribers.clone();
+        self.deliver(subscribers, encoded).await;
     }
 
     /// Records and publishes the network status.
@@ -94,9 +120,15 @@ impl EventHub {
         let Some(encoded) = encode(&Event::NetworkStatus { status }) else {
             return;
         };
-        let mut state = self.inner.lock().await;
-        state.network = Some(status);
-        Self::deliver(&mut state, encoded).await;
+        // The state and the list of who is told change together: a new
+        // subscriber either sees the new state in its introduction or is
+        // on the list, never both, never neither.
+        let subscribers = {
+            let mut state = self.inner.lock().await;
+            state.network = Some(status);
+            state.subscribers.clone()
+        };
+        self.deliver(subscribers, encoded).await;
     }
 
     /// Records and publishes API reachability.
@@ -104,36 +136,54 @@ impl EventHub {
         let Some(encoded) = encode(&Event::ApiReachability { status }) else {
             return;
         };
-        let mut state = self.inner.lock().await;
-        state.api = Some(status);
-        Self::deliver(&mut state, encoded).await;
+        let subscribers = {
+            let mut state = self.inner.lock().await;
+            state.api = Some(status);
+            state.subscribers.clone()
+        };
+        self.deliver(subscribers, encoded).await;
     }
 
     pub async fn subscriber_count(&self) -> usize {
         self.inner.lock().await.subscribers.len()
     }
 
-    async fn deliver(state: &mut HubState, encoded: Bytes) {
-        let mut dead = Vec::new();
-        for sub in &state.subscribers {
-            match sub
-                .tx
-                .send_timeout(encoded.clone(), STALLED_SUBSCRIBER)
-                .await
-            {
-                Ok(()) => {}
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    tracing::warn!(
-                        "dropping event subscriber {}: it read nothing for {}s",
-                        sub.id,
-                        STALLED_SUBSCRIBER.as_secs()
-                    );
-                    dead.push(sub.id);
+    /// Queues `encoded` for each of `subscribers`, all at once; drops the
+    /// ones that are gone or fell behind.
+    async fn deliver(&self, subscribers: Vec<Subscriber>, encoded: Bytes) {
+        let sends = subscribers.iter().map(|sub| {
+            let frame = encoded.clone();
+            async move {
+                // The common case, without a timer.
+                let frame = match sub.tx.try_send(frame) {
+                    Ok(()) => return None,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Some(sub.id),
+                    Err(mpsc::error::TrySendError::Full(frame)) => frame,
+                };
+                match sub.tx.send_timeout(frame, STALLED_SUBSCRIBER).await {
+                    Ok(()) => None,
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        tracing::warn!(
+                            "dropping event subscriber {}: it read nothing for {:?}",
+                            sub.id,
+                            STALLED_SUBSCRIBER
+                        );
+                        Some(sub.id)
+                    }
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => Some(sub.id),
                 }
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => dead.push(sub.id),
             }
-        }
+        });
+        let dead: Vec<u64> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if !dead.is_empty() {
+            for sub in subscribers.iter().filter(|s| dead.contains(&s.id)) {
+                sub.dropped.cancel();
+            }
+            let mut state = self.inner.lock().await;
             state.subscribers.retain(|s| !dead.contains(&s.id));
         }
     }

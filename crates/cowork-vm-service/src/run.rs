@@ -162,6 +162,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     let dirs = Dirs::from_env();
     let log = logging::init(&dirs.log_file(), logging::debug_from_env(), false);
     daemon::install_panic_hook();
+    crate::sys::fds::raise_nofile_limit();
     let runtime = match daemon::runtime() {
         Ok(r) => r,
         Err(e) => {

@@ -12,6 +12,29 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
 
+/// Raises the soft limit on open descriptors to the hard limit (as Node
+/// does for the reference): every connection, pipe, pinned folder and
+/// sandbox costs descriptors, and the default soft limit is often 1,024.
+/// Returns the limit in force.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (limit.current, limit.maximum);
+    if let Some(hard_value) = hard
+        && soft.is_some_and(|s| s < hard_value)
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard_value),
+            maximum: Some(hard_value),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return hard_value,
+            Err(e) => tracing::warn!("cannot raise the open-file limit to {hard_value}: {e}"),
+        }
+    }
+    soft.unwrap_or(u64::MAX)
+}
+
 /// Marks every open descriptor from 3 up close-on-exec, except `keep`.
 pub fn cloexec_inherited(keep: &[RawFd]) -> io::Result<()> {
     if keep.iter().all(|&k| k < 3) && close_range_cloexec().is_ok() {

@@ -136,6 +136,8 @@ pub struct Options {
     /// A key (description, secret) added to the daemon's session keyring
     /// before it starts.
     pub session_key: Option<(String, String)>,
+    /// The daemon's open-file limit (soft, hard), set with prlimit.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// Runs `cmd` through python3, which first adds a `user` key to the
@@ -225,6 +227,15 @@ impl Daemon {
         let mut cmd = command_as(opts.user.as_ref());
         if let Some((description, secret)) = &opts.session_key {
             cmd = with_session_key(cmd, description, secret);
+        }
+        if let Some((soft, hard)) = opts.nofile {
+            let mut limited = Command::new("prlimit");
+            limited
+                .arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = limited;
         }
         cmd.arg("/opt/claude/resources/cowork-vm-service.js")
             .arg("-socket")

@@ -11,4 +11,5 @@ mod launcher;
 mod lifecycle;
 mod network;
 mod protocol;
+mod reliability;
 mod run;

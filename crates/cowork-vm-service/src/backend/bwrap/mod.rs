@@ -13,6 +13,7 @@
 //! and is then torn down. Idle sandboxes (no processes at all, background
 //! jobs included) are torn down after `COWORK_VM_IDLE_TIMEOUT_SECS`.
 
+mod config;
 mod identity;
 mod protect;
 mod sandbox;
@@ -24,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use config::MountsConfig;
 use cowork_policy::bwrap_argv::{host_layout, sandbox_work_dir, sdk_dir, session_mnt};
-use cowork_policy::bwrap_config::load_bwrap_mounts;
 use cowork_policy::fs_view::FsView;
 use cowork_policy::selection::BackendKind;
 use cowork_protocol::agent::{AgentStatus, SpawnRequest, method};
@@ -98,6 +99,7 @@ impl Slot {
 
 pub struct BwrapBackend {
     env: SandboxEnv,
+    config: MountsConfig,
     diagnosis: Option<String>,
     warnings: Vec<String>,
     running: VmFlags,
@@ -106,34 +108,14 @@ pub struct BwrapBackend {
 }
 
 impl BwrapBackend {
-    /// Reads the mount config and host layout once (a changed config needs
-    /// a daemon restart, as with the reference) and starts idle reaping.
+    /// Reads the mount config (again whenever it changes, see `config`) and
+    /// the host layout, and starts idle reaping.
     pub fn new(settings: BwrapSettings) -> Result<Arc<Self>, String> {
         let agent_binary = std::env::current_exe()
             .and_then(std::fs::canonicalize)
             .map_err(|e| format!("cannot locate this executable for the sandbox agent: {e}"))?;
         let fs = RealFs;
-        let text = std::fs::read_to_string(&settings.config_file).ok();
-        let config = match load_bwrap_mounts(text.as_deref(), &settings.home, &fs) {
-            Ok((config, warnings)) => {
-                for w in warnings {
-                    tracing::warn!("{w}");
-                }
-                if !config.is_empty() {
-                    tracing::info!(
-                        "bwrap mount config: {} read-only, {} read-write, {} disabled",
-                        config.ro_binds.len(),
-                        config.rw_binds.len(),
-                        config.disabled.len()
-                    );
-                }
-                config
-            }
-            Err(e) => {
-                tracing::error!("ignoring {}: {e}", settings.config_file.display());
-                Default::default()
-            }
-        };
+        let config = MountsConfig::load(settings.config_file.clone(), settings.home.clone());
         let mut warnings = Vec::new();
         let identity = Identity::current();
         if let Some(notice) = identity.notice() {
@@ -153,6 +135,7 @@ impl BwrapBackend {
             }
         };
         let backend = Arc::new(Self {
+            config,
             diagnosis: settings.diagnosis,
             warnings,
             env: SandboxEnv {
@@ -160,7 +143,6 @@ impl BwrapBackend {
                 agent_binary,
                 home: settings.home,
                 layout: host_layout(&fs),
-                config,
                 path_var: settings.path_var,
                 identity,
                 cgroups,
@@ -226,6 +208,7 @@ impl BwrapBackend {
                 mounts: &job.pinned,
                 limits: &job.limits,
                 allowlist,
+                config: &self.config.current(),
             },
         )?;
         let mut state = slot.state();

@@ -72,7 +72,6 @@ pub struct SandboxEnv {
     pub agent_binary: PathBuf,
     pub home: PathBuf,
     pub layout: HostLayout,
-    pub config: BwrapMountsConfig,
     pub path_var: Option<String>,
     pub identity: Identity,
     /// Where per-session cgroups are made, when limits can be enforced.
@@ -93,6 +92,8 @@ pub struct StartRequest<'a> {
     pub limits: &'a SessionLimits,
     /// The sandbox's network policy (its key is `key.egress`).
     pub allowlist: Arc<AllowList>,
+    /// `coworkBwrapMounts` as in force now.
+    pub config: &'a BwrapMountsConfig,
 }
 
 /// How much of bwrap's stderr is kept for error messages.
@@ -183,6 +184,7 @@ impl Sandbox {
             mounts,
             limits,
             allowlist,
+            config,
         } = req;
         if key.skeleton_home {
             dirs.ensure_home()
@@ -201,14 +203,14 @@ impl Sandbox {
         let agent_binary = pin_real(&env.agent_binary, OFlags::empty())
             .map(|fd| passed.add(fd))
             .map_err(|e| format!("agent binary: {e}"))?;
-        let (planned, extra) = plan_mounts(session, mounts, &env.config, &mut passed)?;
+        let (planned, extra) = plan_mounts(session, mounts, config, &mut passed)?;
         let confine = ConfinePlan::for_sandbox(&LandlockInputs {
             layout: &env.layout,
             home: &env.home,
             sdk_dir: key.sdk_dir.as_deref(),
             session,
             mounts: &key.mounts,
-            config: &env.config,
+            config,
         })
         .to_json()
         .map_err(|e| format!("confinement plan: {e}"))?;
@@ -235,7 +237,7 @@ impl Sandbox {
             agent_binary,
             agent_fd: 0,
             layout: &env.layout,
-            config: &env.config,
+            config,
             tmpfs: &tmpfs,
             root_masks,
             agent_env: &agent_env,
