@@ -24,6 +24,8 @@ pub struct Daemon {
     home: PathBuf,
     _runtime: tempfile::TempDir,
     _root: tempfile::TempDir,
+    /// Where the daemon's cgroup thread was at the last settle.
+    last_spare_cgroup: std::cell::RefCell<Option<String>>,
 }
 
 impl Daemon {
@@ -77,6 +79,7 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("starting {}", target.argv.join(" ")))?;
         let mut daemon = Daemon {
+            last_spare_cgroup: std::cell::RefCell::new(None),
             child,
             socket,
             home,
@@ -103,6 +106,11 @@ impl Daemon {
     /// daemon has remade its spare session directory: that after-work of a
     /// new session must not be timed as part of the next measurement.
     /// Returns at once for a daemon without one (the reference).
+    ///
+    /// Likewise, where session limits are enforced (root on cgroup v1),
+    /// until its cgroup thread sits in a new spare session cgroup (up to
+    /// 100 ms more): new sessions start seconds apart in real use, and
+    /// that move costs the kernel an RCU grace period.
     pub fn settle_after_new_session(&self) {
         let spare = self
             .home
@@ -111,6 +119,32 @@ impl Daemon {
         while !spare.is_dir() && t.elapsed() < Duration::from_millis(100) {
             std::thread::yield_now();
         }
+        let mut last = self.last_spare_cgroup.borrow_mut();
+        let t = Instant::now();
+        loop {
+            let now = self.spawner_cgroup();
+            if now.is_none() || now != *last || t.elapsed() > Duration::from_millis(100) {
+                *last = now;
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The memory cgroup of our daemon's cgroup thread, if it has one.
+    fn spawner_cgroup(&self) -> Option<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        tasks.flatten().find_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            if comm.trim() != "cowork-cgroups" {
+                return None;
+            }
+            let cgroup = std::fs::read_to_string(t.path().join("cgroup")).ok()?;
+            cgroup
+                .lines()
+                .find(|l| l.contains(":memory:"))
+                .map(String::from)
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -228,6 +228,7 @@ impl Service {
             path_var: self.probe.path_var.clone(),
             idle_timeout: BwrapSettings::idle_timeout_from_env(),
             egress: Egress::new(&self.egress),
+            default_limits: self.state().limits,
         };
         match BwrapBackend::new(settings) {
             Ok(b) => b,

@@ -187,6 +187,26 @@ impl CgroupManager {
         )
     }
 
+    /// Writes `limits` into `cgroup` (made by this manager).
+    pub fn set_limits(
+        &self,
+        cgroup: &SessionCgroup,
+        limits: &SessionLimits,
+    ) -> Result<(), CgroupError> {
+        for w in v1_plan(limits, self.swap_accounting) {
+            let Some(dir) = cgroup.dir(w.controller) else {
+                continue;
+            };
+            let path = dir.join(w.file);
+            fs::write(&path, &w.value).map_err(|source| CgroupError::Write {
+                path,
+                value: w.value.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Creates the cgroups of one session generation and writes its limits
     /// (an existing directory of the same name is reused).
     pub fn create(
@@ -283,6 +303,16 @@ impl SessionCgroup {
             guard.back.push(original.join("tasks"));
         }
         Ok(guard)
+    }
+
+    /// Moves the calling thread (only it) into this session's cgroups for
+    /// good (see [`Self::enter_current_thread`] for a visit).
+    pub fn adopt_current_thread(&self) -> Result<(), CgroupError> {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get().to_string();
+        for d in &self.dirs {
+            write_tid(&d.dir.join("tasks"), &tid)?;
+        }
+        Ok(())
     }
 
     /// Processes of the session killed by the OOM killer so far (`oom_kill`

@@ -2,6 +2,7 @@
 //! walks, per-session cgroups.
 
 pub mod cgroup;
+pub mod cgroup_spawner;
 pub mod fds;
 pub mod pin;
 pub mod privileges;

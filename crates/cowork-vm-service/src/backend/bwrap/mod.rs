@@ -39,6 +39,7 @@ use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
 use crate::real_fs::RealFs;
 use crate::sys::cgroup::CgroupManager;
+use crate::sys::cgroup_spawner::CgroupSpawner;
 use cowork_policy::net::{AllowList, proxy_env};
 use identity::Identity;
 use sandbox::{Sandbox, SandboxEnv, SandboxKey, StartRequest};
@@ -59,6 +60,8 @@ pub struct BwrapSettings {
     pub idle_timeout: Duration,
     /// The network's way out (shared by the daemon's sandboxes).
     pub egress: Egress,
+    /// What sessions are limited to until the client says otherwise.
+    pub default_limits: cowork_policy::confine::limits::SessionLimits,
 }
 
 impl BwrapSettings {
@@ -125,7 +128,17 @@ impl BwrapBackend {
         let cgroups = match CgroupManager::detect() {
             Ok(m) => {
                 tracing::info!("session limits: {}", m.describe());
-                Some(m)
+                match CgroupSpawner::start(m, settings.default_limits) {
+                    Ok(spawner) => Some(spawner),
+                    Err(e) => {
+                        let w = format!(
+                            "session limits are not enforced: cannot start the cgroup thread: {e}"
+                        );
+                        tracing::warn!("{w}");
+                        warnings.push(w);
+                        None
+                    }
+                }
             }
             Err(not) => {
                 let w = format!("session limits (memory, CPU, processes) are not enforced: {not}");

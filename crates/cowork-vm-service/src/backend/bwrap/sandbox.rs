@@ -34,7 +34,7 @@ use crate::backend::agent_link::{self, AgentLink, LinkOptions};
 use crate::backend::netns::Egress;
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
-use crate::sys::cgroup::CgroupManager;
+use crate::sys::cgroup_spawner::CgroupSpawner;
 use crate::sys::pin::pin_real;
 use crate::sys::spawn;
 use cowork_policy::net::{AllowList, AllowListKey};
@@ -75,7 +75,7 @@ pub struct SandboxEnv {
     pub path_var: Option<String>,
     pub identity: Identity,
     /// Where per-session cgroups are made, when limits can be enforced.
-    pub cgroups: Option<CgroupManager>,
+    pub cgroups: Option<CgroupSpawner>,
     /// The network's way out.
     pub egress: Egress,
 }
@@ -258,29 +258,24 @@ impl Sandbox {
         if let Some(path) = &env.path_var {
             cmd.env("PATH", path);
         }
-        let cgroup = match &env.cgroups {
-            Some(manager) => match manager.create(session, generation, limits) {
-                Ok(cg) => Some(Arc::new(cg)),
-                Err(e) => {
-                    tracing::warn!("session {session}: no cgroup, limits not enforced: {e}");
-                    None
-                }
-            },
-            None => None,
+        // bwrap and everything in the sandbox are born in the session's
+        // cgroup: started by the thread that waits in a spare one (see
+        // `sys::cgroup_spawner`), or right here when limits are not
+        // enforced.
+        let mut spawn_it = move || {
+            let fds = passed.borrowed();
+            spawn::with_inherited(&fds, || cmd.spawn())
         };
-        let fds = passed.borrowed();
-        let mut child = spawn::with_inherited(&fds, || {
-            // bwrap and everything in the sandbox start in the session's
-            // cgroup: the spawning thread is moved there for the spawn.
-            let _in_cgroup = match &cgroup {
-                Some(cg) => Some(cg.enter_current_thread().map_err(std::io::Error::other)?),
-                None => None,
-            };
-            cmd.spawn()
-        })
-        .map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?;
-        drop(fds);
-        drop(passed);
+        let (cgroup, mut child) = match &env.cgroups {
+            Some(spawner) => match spawner.spawn_in_session(*limits, Box::new(spawn_it)) {
+                Ok((cg, child)) => (Some(Arc::new(cg)), child),
+                Err(e) => return Err(format!("cannot run {}: {e}", env.bwrap.display())),
+            },
+            None => (
+                None,
+                spawn_it().map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?,
+            ),
+        };
         let bwrap_pid = child
             .id()
             .and_then(|p| Pid::from_raw(p as i32))
