@@ -53,6 +53,7 @@ fn verdict(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> BackendV
             BackendKind::Bwrap,
             facts.bwrap_path.is_some() || !selection.overridden,
         ),
+        BackendPlan::Kvm => (BackendKind::Kvm, true),
         BackendPlan::Host { .. } => (BackendKind::Host, false),
         BackendPlan::Unavailable { kind, .. } => (*kind, false),
     };
@@ -88,6 +89,10 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
             Status::Pass,
             format!("backend: bwrap ({})", selection.reason),
         ),
+        BackendPlan::Kvm => Check::new(
+            Status::Pass,
+            format!("backend: kvm, a microVM ({})", selection.reason),
+        ),
         BackendPlan::Host { warning: None } => Check::new(
             Status::Warn,
             format!(
@@ -104,9 +109,31 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
         BackendPlan::Unavailable { why, .. } => Check::new(Status::Fail, format!("backend: {why}")),
     };
     checks.push(check);
+    checks.push(egress_check(plan));
     Section {
         title: "Backend".into(),
         checks,
+    }
+}
+
+/// Whether the network allowlist (`spawn.allowedDomains`) holds with this
+/// backend.
+fn egress_check(plan: &BackendPlan) -> Check {
+    match plan {
+        BackendPlan::Bwrap | BackendPlan::Kvm => Check::new(
+            Status::Pass,
+            "network: enforced (each sandbox's only way out is the allowlist proxy)",
+        ),
+        BackendPlan::Host { .. } => Check::new(
+            Status::Warn,
+            "network: the allowlist (allowedDomains) is NOT enforced: host processes reach \
+             the network directly",
+        )
+        .hint("get the bubblewrap sandbox (see the backend line above) to enforce it"),
+        BackendPlan::Unavailable { .. } => Check::new(
+            Status::Fail,
+            "network: nothing runs until the backend above works",
+        ),
     }
 }
 

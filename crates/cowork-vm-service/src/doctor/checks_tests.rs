@@ -102,6 +102,7 @@ fn machines_table() {
             0,
             &[
                 "[PASS] backend: bwrap (bubblewrap at /usr/bin/bwrap works)",
+                "[PASS] network: enforced (each sandbox's only way out is the allowlist proxy)",
                 "[PASS] bwrap: /usr/bin/bwrap (bubblewrap 0.8.0)",
                 "[PASS] Landlock ABI 7: every sandbox gets its Landlock rules",
                 "[PASS] seccomp: every sandbox installs the deny list (3 filters,",
@@ -125,6 +126,7 @@ fn machines_table() {
             2,
             &[
                 "[FAIL] backend: host: no isolation available (bubblewrap is not installed",
+                "[WARN] network: the allowlist (allowedDomains) is NOT enforced",
                 "[FAIL] bubblewrap (bwrap) is not installed",
                 "sudo apt install bubblewrap",
             ],
