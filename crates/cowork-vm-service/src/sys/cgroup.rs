@@ -234,17 +234,7 @@ impl CgroupManager {
                 mount: c.mount.clone(),
             });
         }
-        for w in v1_plan(limits, self.swap_accounting) {
-            let Some(dir) = cgroup.dir(w.controller) else {
-                continue;
-            };
-            let path = dir.join(w.file);
-            fs::write(&path, &w.value).map_err(|source| CgroupError::Write {
-                path,
-                value: w.value.clone(),
-                source,
-            })?;
-        }
+        self.set_limits(&cgroup, limits)?;
         Ok(cgroup)
     }
 }

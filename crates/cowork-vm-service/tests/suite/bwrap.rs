@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::harness::{
-    Daemon, Options, Outcome, cat_with_stdin, collect, eventually, pids_with,
-    require_unprivileged_user, run_in, unique_duration,
+    Daemon, Outcome, cat_with_stdin, collect, eventually, pids_with, require_unprivileged_user,
+    run_in, unique_duration,
 };
 
 fn start(env: &[(&str, &str)]) -> Daemon {
@@ -17,15 +17,7 @@ fn start(env: &[(&str, &str)]) -> Daemon {
         std::path::Path::new("/usr/bin/bwrap").exists() || which("bwrap"),
         "bubblewrap is not installed (scripts/test.sh installs it)"
     );
-    Daemon::start_with(Options {
-        backend: Some("bwrap"),
-        user: require_unprivileged_user(),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
+    Daemon::bwrap_as(require_unprivileged_user(), env)
 }
 
 fn which(name: &str) -> bool {

@@ -12,15 +12,7 @@ fn start() -> Daemon {
 }
 
 fn start_with_env(env: &[(&str, &str)]) -> Daemon {
-    Daemon::start_with(Options {
-        backend: Some("bwrap"),
-        user: require_unprivileged_user(),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
+    Daemon::bwrap_as(require_unprivileged_user(), env)
 }
 
 fn sh(d: &Daemon, session: &str, id: &str, script: &str, extra: Value) -> Outcome {

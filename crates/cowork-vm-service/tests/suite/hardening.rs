@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::harness::{
-    Client, Daemon, Options, Outcome, TestUser, is_root, require_unprivileged_user, run_in,
+    Client, Daemon, Outcome, TestUser, is_root, require_unprivileged_user, run_in,
 };
 
 fn start(env: &[(&str, &str)]) -> Daemon {
@@ -22,15 +22,7 @@ fn start(env: &[(&str, &str)]) -> Daemon {
 }
 
 fn start_as(user: Option<TestUser>, env: &[(&str, &str)]) -> Daemon {
-    Daemon::start_with(Options {
-        backend: Some("bwrap"),
-        user,
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
+    Daemon::bwrap_as(user, env)
 }
 
 fn sh(d: &Daemon, session: &str, id: &str, script: &str, extra: Value) -> Outcome {

@@ -184,7 +184,25 @@ fn chown_tree(path: &Path, user: &TestUser) {
     assert!(status.success());
 }
 
+/// `(key, value)` pairs as the owned pairs of [`Options::env`].
+pub fn env_pairs(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 impl Daemon {
+    /// A bwrap daemon as `user` (see [`require_unprivileged_user`]) with
+    /// extra environment.
+    pub fn bwrap_as(user: Option<TestUser>, env: &[(&str, &str)]) -> Self {
+        Self::start_with(Options {
+            backend: Some("bwrap"),
+            user,
+            env: env_pairs(env),
+            ..Default::default()
+        })
+    }
+
     pub fn start(backend: &'static str) -> Self {
         Self::start_with(Options {
             backend: Some(backend),
