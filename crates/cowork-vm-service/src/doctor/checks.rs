@@ -53,7 +53,6 @@ fn verdict(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> BackendV
             BackendKind::Bwrap,
             facts.bwrap_path.is_some() || !selection.overridden,
         ),
-        BackendPlan::Kvm => (BackendKind::Kvm, true),
         BackendPlan::Host { .. } => (BackendKind::Host, false),
         BackendPlan::Unavailable { kind, .. } => (*kind, false),
     };
@@ -89,10 +88,6 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
             Status::Pass,
             format!("backend: bwrap ({})", selection.reason),
         ),
-        BackendPlan::Kvm => Check::new(
-            Status::Pass,
-            format!("backend: kvm, a microVM ({})", selection.reason),
-        ),
         BackendPlan::Host { warning: None } => Check::new(
             Status::Warn,
             format!(
@@ -120,10 +115,6 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
 /// backend.
 fn egress_check(plan: &BackendPlan) -> Check {
     match plan {
-        BackendPlan::Bwrap | BackendPlan::Kvm => Check::new(
-            Status::Pass,
-            "network: enforced (each sandbox's only way out is the allowlist proxy)",
-        ),
         BackendPlan::Host { .. } => Check::new(
             Status::Warn,
             "network: the allowlist (allowedDomains) is NOT enforced: host processes reach \
@@ -133,6 +124,11 @@ fn egress_check(plan: &BackendPlan) -> Check {
         BackendPlan::Unavailable { .. } => Check::new(
             Status::Fail,
             "network: nothing runs until the backend above works",
+        ),
+        // The isolating backends (bwrap, and the VM).
+        _ => Check::new(
+            Status::Pass,
+            "network: enforced (each sandbox's only way out is the allowlist proxy)",
         ),
     }
 }
