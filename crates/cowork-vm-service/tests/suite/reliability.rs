@@ -138,7 +138,7 @@ fn a_killed_agent_ends_its_processes_and_the_next_spawn_gets_a_new_sandbox() {
                 .unwrap_or_default();
             children.split_whitespace().any(|c| {
                 std::fs::read_to_string(format!("/proc/{c}/cmdline"))
-                    .is_ok_and(|cmd| cmd.starts_with("/bin/sleep\0300"))
+                    .is_ok_and(|cmd| cmd.starts_with("/bin/sleep\u{0}300"))
             })
         })
         .expect("session a's agent");
