@@ -146,10 +146,19 @@ pub fn plan_shares(session: &str, session_tmp: &Path, mounts: &[ShareMount]) -> 
 /// ones); it serves one directory it opened itself and gets nothing else.
 /// `--cache always` for read-only shares (measured: `auto` made repeated
 /// execs slower), `auto` for writable ones so host-side changes show.
+///
+/// A folder the daemon pinned (`/proc/self/fd/N`) is served as
+/// virtiofsd's working directory, `--shared-dir=.`: virtiofsd opens its
+/// root with `O_NOFOLLOW`, which refuses the magic link itself, so the
+/// caller starts it in that directory ([`pinned_cwd`]).
 pub fn virtiofsd_argv(share: &Share, socket: &Path) -> Vec<String> {
+    let dir = match pinned_cwd(share) {
+        Some(_) => ".".to_string(),
+        None => share.host.display().to_string(),
+    };
     let mut out = vec![
         format!("--socket-path={}", socket.display()),
-        format!("--shared-dir={}", share.host.display()),
+        format!("--shared-dir={dir}"),
         "--sandbox=none".to_string(),
         "--log-level=error".to_string(),
     ];
@@ -161,6 +170,15 @@ pub fn virtiofsd_argv(share: &Share, socket: &Path) -> Vec<String> {
         MountMode::ReadWrite => out.push("--cache=auto".into()),
     }
     out
+}
+
+/// The directory virtiofsd must be started in for a pinned share.
+pub fn pinned_cwd(share: &Share) -> Option<&Path> {
+    share
+        .host
+        .to_str()
+        .is_some_and(|h| h.starts_with("/proc/self/fd/"))
+        .then_some(share.host.as_path())
 }
 
 /// Everything the QEMU command line depends on.
@@ -311,13 +329,16 @@ mod tests {
             virtiofsd_argv(&s[4], sock),
             [
                 "--socket-path=/run/vm/fs.sock",
-                "--shared-dir=/proc/self/fd/8",
+                "--shared-dir=.",
                 "--sandbox=none",
                 "--log-level=error",
                 "--cache=always",
                 "--readonly"
             ]
         );
+        assert_eq!(pinned_cwd(&s[4]), Some(Path::new("/proc/self/fd/8")));
+        assert_eq!(pinned_cwd(&s[0]), None);
+        assert!(virtiofsd_argv(&s[0], sock).contains(&"--shared-dir=/usr".to_string()));
         let rw = virtiofsd_argv(&s[3], sock);
         assert!(!rw.contains(&"--readonly".to_string()), "{rw:?}");
         assert!(rw.contains(&"--cache=auto".to_string()));

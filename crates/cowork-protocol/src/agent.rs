@@ -40,6 +40,10 @@ pub mod method {
     /// `writeStdin` waits for a process that does not read, as a pipe
     /// write would, and nothing piles up in the agent).
     pub const STDIN: &str = "stdin";
+    /// The first frame on a VM's agent port, a notification: params
+    /// [`super::GuestSetup`]. The guest's init reads it before anything
+    /// else (it says what to mount and who processes run as).
+    pub const GUEST_SETUP: &str = "guestSetup";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +135,30 @@ pub struct StdinWrite {
     pub data: String,
     #[serde(default)]
     pub eof: bool,
+}
+
+/// What a VM's init needs to know before its agent serves: the shares to
+/// mount, the unprivileged user its processes run as, and the
+/// confinement plan (a `cowork_policy::confine::ConfinePlan` as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestSetup {
+    pub shares: Vec<GuestShare>,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confine_plan: Option<String>,
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// One virtiofs share as the guest mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestShare {
+    pub tag: String,
+    pub path: String,
+    pub read_only: bool,
 }
 
 /// What is alive in the sandbox: processes the daemon asked for, and every

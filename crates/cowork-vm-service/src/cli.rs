@@ -68,6 +68,10 @@ pub enum Command {
     /// Print a shell completion script to stdout.
     #[command(after_help = COMPLETIONS_HELP)]
     Completions(CompletionsArgs),
+    /// Prepare the microVM backend (COWORK_VM_BACKEND=kvm): fetch the Debian
+    /// cloud kernel into ${XDG_CACHE_HOME:-~/.cache}/cowork-vm-service/guest
+    /// (no root needed) and say what else is missing.
+    SetupVm(SetupVmArgs),
     /// Internal: write the man pages (packaging).
     #[command(hide = true)]
     Manpage(ManpageArgs),
@@ -156,6 +160,13 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SetupVmArgs {
+    /// Where to prepare the guest (default: COWORK_VM_GUEST_DIR, else the cache).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print JSON instead of text.
     #[arg(long)]
@@ -195,6 +206,10 @@ pub enum AgentMode {
     /// On the host, for the host backend: no confinement, but every
     /// descendant of its processes stays in its subtree (subreaper).
     Host,
+    /// In the `kvm` backend's VM, forked by its init (`agent::guest_init`)
+    /// and serving a virtio-serial port: confined like a sandbox's agent,
+    /// and a subreaper (it is not pid 1 there).
+    Guest,
 }
 
 /// The agent's descriptor and mode when `argv` is exactly how the daemon

@@ -8,6 +8,12 @@ use cowork_vm_service::{agent, daemon, doctor, generate, hookup, run};
 
 fn main() -> ExitCode {
     let argv: Vec<_> = std::env::args_os().collect();
+    if agent::guest_init::is_guest_init(argv.first().map(|a| a.as_os_str())) {
+        return agent::guest_init::main();
+    }
+    if argv.get(1).is_some_and(|a| a == cowork_vm_service::backend::kvm::guard::GUARD_SUBCOMMAND) {
+        return cowork_vm_service::backend::kvm::guard::main(&argv[2..]);
+    }
     if let Some((fd, mode)) = agent_fast_path(&argv) {
         return agent::main(fd, mode);
     }
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         Some(Command::InstallClient(args)) => hookup::install_main(&args),
         Some(Command::UninstallClient(args)) => hookup::uninstall_main(&args),
         Some(Command::Completions(args)) => generate::completions_main(args.shell),
+        Some(Command::SetupVm(args)) => cowork_vm_service::backend::kvm::setup_vm_main(args.dir),
         Some(Command::Manpage(args)) => generate::manpage_main(&args.out_dir),
         None => daemon::main(cli.socket),
     }

@@ -185,6 +185,7 @@ impl Service {
     fn build_backend(&self, selection: &Selection) -> Arc<dyn Backend> {
         match plan_backend(selection) {
             BackendPlan::Bwrap => self.build_bwrap(selection),
+            BackendPlan::Kvm => self.build_kvm(),
             BackendPlan::Host { warning } => {
                 if let Some(w) = warning {
                     tracing::warn!("{w}");
@@ -193,6 +194,19 @@ impl Service {
             }
             BackendPlan::Unavailable { kind, why } => Arc::new(UnavailableBackend::new(kind, why)),
         }
+    }
+
+    fn build_kvm(&self) -> Arc<dyn Backend> {
+        let find = |name: &str| find_in_path(name, self.probe.path_var.as_deref(), &RealFs);
+        crate::backend::kvm::KvmBackend::new(crate::backend::kvm::KvmSettings {
+            home: self.dirs.home.clone(),
+            qemu: find("qemu-system-x86_64"),
+            virtiofsd: self.probe.find_virtiofsd(),
+            idle_timeout: BwrapSettings::idle_timeout_from_env(),
+            egress: Egress::new(&self.egress),
+            hub: self.hub.clone(),
+            runtime_dir: crate::backend::kvm::runtime_dir(),
+        })
     }
 
     fn build_bwrap(&self, selection: &Selection) -> Arc<dyn Backend> {

@@ -26,6 +26,9 @@ mod confine;
 mod descendants;
 mod egress;
 mod first_request;
+pub mod guest_init;
+mod guest_net;
+mod port;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
@@ -78,6 +81,10 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
     // ptrace pid 1 and speak on its channel.
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     match mode {
+        AgentMode::Guest => {
+            eprintln!("cowork-vm-service agent: guest mode is entered by the VM's init only");
+            return ExitCode::from(2);
+        }
         AgentMode::Sandbox => {
             // Inherited by every process of the sandbox: no setuid escalation.
             if let Err(e) = rustix::thread::set_no_new_privs(true) {
@@ -183,9 +190,110 @@ async fn serve(
     early: Option<EarlySpawn>,
     mode: AgentMode,
 ) -> std::io::Result<()> {
+    if mode == AgentMode::Guest {
+        // A virtio-serial port: a character device, not a socket.
+        let (read_half, write_half) = tokio::io::split(port::PortStream::new(channel)?);
+        return serve_on(read_half, write_half, early, mode).await;
+    }
     let std_stream = std::os::unix::net::UnixStream::from(channel);
     std_stream.set_nonblocking(true)?;
     let (read_half, write_half) = UnixStream::from_std(std_stream)?.into_split();
+    serve_on(read_half, write_half, early, mode).await
+}
+
+/// Serves a VM's agent: called in the child `guest_init` forks, as root
+/// still. Drops to the unprivileged user, confines itself as a
+/// sandbox's agent does, and serves `channel` (plus proxy streams on
+/// `net`).
+pub(crate) fn serve_guest(
+    channel: OwnedFd,
+    net: Option<OwnedFd>,
+    setup: &cowork_protocol::agent::GuestSetup,
+) -> ExitCode {
+    if let Err(e) = become_guest_user(setup.uid, setup.gid) {
+        eprintln!("cowork-vm-service agent: cannot become uid {}: {e}", setup.uid);
+        return ExitCode::from(2);
+    }
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    if let Err(e) = rustix::thread::set_no_new_privs(true) {
+        eprintln!("cowork-vm-service agent: cannot set no_new_privs: {e}");
+        return ExitCode::from(2);
+    }
+    // Not pid 1 here: orphans must come to us, not to init.
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        eprintln!("cowork-vm-service agent: cannot become a child subreaper: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = join_new_session_keyring() {
+        eprintln!("cowork-vm-service agent: cannot create a session keyring: {e}");
+        return ExitCode::from(2);
+    }
+    // The proxy endpoints, before any command could take the ports (and
+    // before the filters, which the relay thread inherits).
+    let relay = match net.map(guest_net::Relay::bind).transpose() {
+        Ok(relay) => relay,
+        Err(e) => {
+            eprintln!("cowork-vm-service agent: proxy endpoints: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(plan) = &setup.confine_plan {
+        // SAFETY: single-threaded (the relay thread starts below), so the
+        // environment may be written.
+        unsafe { std::env::set_var(cowork_policy::confine::CONFINE_PLAN_ENV, plan) };
+        if let Err(e) = confine_self() {
+            eprintln!("cowork-vm-service agent: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cowork-vm-service agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(relay) = relay {
+        relay.start();
+    }
+    match runtime.block_on(serve(channel, None, AgentMode::Guest)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cowork-vm-service agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Drops every privilege of the guest's root: no supplementary groups,
+/// then the gid and uid (which clears the capabilities).
+fn become_guest_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on this single-threaded process; a NULL list
+    // with size 0 clears the supplementary groups.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+async fn serve_on<R, W>(
+    read_half: R,
+    write_half: W,
+    early: Option<EarlySpawn>,
+    mode: AgentMode,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Bytes>(OUTGOING_QUEUE);
     let writer = tokio::spawn(write_frames(write_half, rx));
     let out = Outbox(tx);
@@ -234,8 +342,9 @@ async fn serve(
         }
     }
     match mode {
-        // The daemon is gone: returning ends pid 1 and with it the sandbox.
-        AgentMode::Sandbox => writer.abort(),
+        // The daemon is gone: returning ends pid 1 and with it the sandbox
+        // (in a VM: init powers the guest off).
+        AgentMode::Sandbox | AgentMode::Guest => writer.abort(),
         AgentMode::Host => {
             // Nothing ends with us on the host: end every process below
             // us, then let the exit events reach the daemon if it still

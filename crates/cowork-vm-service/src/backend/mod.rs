@@ -7,11 +7,13 @@
 //! * [`host::HostBackend`]: direct children of the daemon, no isolation;
 //! * [`bwrap::BwrapBackend`]: one bubblewrap sandbox per session with our
 //!   agent as pid 1;
-//! * `kvm`: not in this build; selecting it gives a clear error.
+//! * [`kvm::KvmBackend`]: a QEMU microVM per session with our agent as
+//!   its init (KVM when a test boot works, else TCG).
 
 pub mod agent_link;
 pub mod bwrap;
 pub mod host;
+pub mod kvm;
 pub mod netns;
 pub mod probe;
 pub mod unavailable;
@@ -38,15 +40,14 @@ use cowork_policy::confine::limits::SessionLimits;
 pub enum BackendPlan {
     /// The bubblewrap session sandboxes.
     Bwrap,
+    /// The microVM (QEMU; whether it can boot is found out on first use,
+    /// and every call says why not).
+    Kvm,
     /// Unisolated processes; `warning` explains why when it was not asked for.
     Host { warning: Option<String> },
     /// The selected backend cannot work; every call says `why`.
     Unavailable { kind: BackendKind, why: String },
 }
-
-/// Why this build cannot give the KVM backend.
-pub const KVM_UNAVAILABLE: &str = "COWORK_VM_BACKEND=kvm: the KVM backend is not available in \
-this build of cowork-vm-service; use COWORK_VM_BACKEND=bwrap (recommended) or host";
 
 /// Turns a selection into what gets built (only a missing bwrap binary for
 /// an explicit `bwrap` is decided later, when the backend is built).
@@ -60,17 +61,7 @@ pub fn plan_backend(selection: &Selection) -> BackendPlan {
                 selection.reason
             )),
         },
-        (BackendKind::Kvm, true) => BackendPlan::Unavailable {
-            kind: BackendKind::Kvm,
-            why: KVM_UNAVAILABLE.to_string(),
-        },
-        (BackendKind::Kvm, false) => BackendPlan::Host {
-            warning: Some(
-                "KVM requirements are met but this build has no KVM backend: using the host \
-                 backend WITHOUT isolation; install bubblewrap for sandboxing"
-                    .to_string(),
-            ),
-        },
+        (BackendKind::Kvm, _) => BackendPlan::Kvm,
     }
 }
 

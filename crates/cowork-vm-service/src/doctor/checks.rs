@@ -53,6 +53,7 @@ fn verdict(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> BackendV
             BackendKind::Bwrap,
             facts.bwrap_path.is_some() || !selection.overridden,
         ),
+        BackendPlan::Kvm => (BackendKind::Kvm, true),
         BackendPlan::Host { .. } => (BackendKind::Host, false),
         BackendPlan::Unavailable { kind, .. } => (*kind, false),
     };
@@ -87,6 +88,10 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
         BackendPlan::Bwrap => Check::new(
             Status::Pass,
             format!("backend: bwrap ({})", selection.reason),
+        ),
+        BackendPlan::Kvm => Check::new(
+            Status::Pass,
+            format!("backend: kvm, a microVM ({})", selection.reason),
         ),
         BackendPlan::Host { warning: None } => Check::new(
             Status::Warn,
