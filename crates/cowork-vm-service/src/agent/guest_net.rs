@@ -33,6 +33,9 @@ impl Relay {
         let _ = std::thread::Builder::new()
             .name("proxy-relay".into())
             .spawn(move || {
+                // SIGCHLD belongs to the agent's signalfd on the main
+                // thread: delivered here it would be discarded.
+                block_sigchld();
                 let Relay { port, http, socks } = self;
                 // Connections wait in the backlog until the relay serves.
                 let _keep = (port, http, socks);
@@ -40,5 +43,17 @@ impl Relay {
                     std::thread::park();
                 }
             });
+    }
+}
+
+/// Blocks SIGCHLD on the calling thread.
+fn block_sigchld() {
+    // SAFETY: a zeroed sigset_t is valid to initialize with sigemptyset;
+    // both calls only write the local set and this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

@@ -7,6 +7,7 @@ mod escapes;
 mod hardening;
 mod host;
 mod install;
+mod kvm;
 mod launcher;
 mod lifecycle;
 mod network;

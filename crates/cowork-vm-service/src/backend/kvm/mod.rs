@@ -261,6 +261,11 @@ impl KvmBackend {
         )
         .await?;
         if let Some(this) = self.this.upgrade() {
+            tracing::debug!(
+                "VM generation {} console: {}",
+                vm.generation,
+                vm.console_tail().replace('\n', " | ")
+            );
             let task = tokio::spawn(heartbeat(
                 this.restarts.clone(),
                 Arc::downgrade(&vm),
@@ -527,13 +532,18 @@ async fn heartbeat(
     session: Option<String>,
 ) {
     let mut missed = 0;
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
+        ticks.tick().await;
         let Some(current) = vm.upgrade() else { return };
         if !current.link.is_alive() {
             return;
         }
-        let beat = tokio::time::timeout(HEARTBEAT, current.link.request(method::STATUS, json!({})));
+        // An answer must come before the next beat is due.
+        let wait = HEARTBEAT - Duration::from_millis(100);
+        let beat = tokio::time::timeout(wait, current.link.request(method::STATUS, json!({})));
         match beat.await {
             Ok(Ok(_)) => missed = 0,
             _ => {

@@ -1,0 +1,368 @@
+//! The `kvm` backend, as the client sees it: a daemon run as the
+//! unprivileged test account boots the microVM (TCG here: the account has
+//! no access to /dev/kvm) and runs commands in it.
+//!
+//! VM time is bounded: each test is one daemon and a sequence of checks,
+//! with one or two boots (startVM's VM, then the session's).
+//!
+//! Needs the guest kernel and virtiofsd, which `scripts/test.sh` prepares
+//! (`cowork-vm-service setup-vm --dir /var/cache/cowork-vm-service-tests/guest`
+//! and `cargo install virtiofsd`); missing, the tests fail saying so.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::harness::{
+    Client, Daemon, Options, Outcome, collect, eventually, require_unprivileged_user, run_in,
+};
+
+/// Where scripts/test.sh prepares the guest (overridable).
+const GUEST_DIR: &str = "/var/cache/cowork-vm-service-tests/guest";
+const VIRTIOFSD: &str = "/var/cache/cowork-vm-service-tests/virtiofsd/bin/virtiofsd";
+
+fn guest_dir() -> PathBuf {
+    let dir = std::env::var("COWORK_TEST_VM_GUEST_DIR").unwrap_or_else(|_| GUEST_DIR.into());
+    assert!(
+        Path::new(&dir).join("current").is_file(),
+        "no guest kernel in {dir}: run `cowork-vm-service setup-vm --dir {dir}` (scripts/test.sh does)"
+    );
+    PathBuf::from(dir)
+}
+
+fn virtiofsd() -> PathBuf {
+    let bin = std::env::var("COWORK_TEST_VIRTIOFSD").unwrap_or_else(|_| VIRTIOFSD.into());
+    assert!(
+        Path::new(&bin).is_file(),
+        "virtiofsd missing at {bin}: `cargo install virtiofsd --locked --root {}` (scripts/test.sh does; \
+         needs libseccomp-dev libcap-ng-dev)",
+        Path::new(&bin)
+            .parent()
+            .and_then(Path::parent)
+            .map_or("DIR".into(), |p| p.display().to_string())
+    );
+    PathBuf::from(bin)
+}
+
+fn start() -> Daemon {
+    let (guest, vfsd) = (guest_dir(), virtiofsd());
+    // The initramfs is built once per test binary, not per daemon (each
+    // test daemon has a fresh HOME).
+    let cache = Path::new("/tmp/cowork-test-vm-cache");
+    let user = require_unprivileged_user();
+    std::fs::create_dir_all(cache).unwrap();
+    if let Some(u) = &user {
+        std::os::unix::fs::chown(cache, Some(u.uid), Some(u.gid)).unwrap();
+    }
+    Daemon::start_with(Options {
+        backend: Some("kvm"),
+        user,
+        env: vec![
+            ("XDG_CACHE_HOME".into(), cache.display().to_string()),
+            ("COWORK_VM_GUEST_DIR".into(), guest.display().to_string()),
+            ("COWORK_VM_VIRTIOFSD_BIN".into(), vfsd.display().to_string()),
+        ],
+        ..Default::default()
+    })
+}
+
+fn sh(d: &Daemon, id: &str, script: &str, extra: Value) -> Outcome {
+    run_in(d, "s", id, &["/bin/sh", "-c", script], extra)
+}
+
+/// Processes (pid, command line) whose command line mentions `needle` and
+/// this daemon's private directory.
+fn helpers_of(d: &Daemon, needle: &str) -> Vec<(i32, String)> {
+    let root = d.root.path().to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) && cmdline.contains(&root) && !cmdline.contains("vm-guard") {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// `startVM` with a subscription: returns the events it produced.
+fn start_vm(d: &Daemon, events: &mut Client) -> Vec<Value> {
+    let started = Instant::now();
+    d.call("startVM", json!({"memoryGB": 1, "cpuCount": 1}));
+    eprintln!("kvm: startVM returned after {:?}", started.elapsed());
+    let mut seen = Vec::new();
+    // Everything startVM emitted is queued before its reply.
+    while let Some(e) = events.try_recv_for(Duration::from_millis(300)) {
+        seen.push(e);
+    }
+    seen
+}
+
+trait TryRecvFor {
+    fn try_recv_for(&mut self, t: Duration) -> Option<Value>;
+}
+
+impl TryRecvFor for Client {
+    fn try_recv_for(&mut self, t: Duration) -> Option<Value> {
+        self.stream.set_read_timeout(Some(t)).ok()?;
+        let got = self.try_recv();
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(20)));
+        got
+    }
+}
+
+#[test]
+fn kvm_vm_runs_the_client_contract() {
+    let d = start();
+    d.home_file("secret.txt", "host secret\n");
+    d.home_dir("proj");
+    d.home_file("ref/readme.txt", "reference\n");
+    let mounts = json!({
+        "proj": {"path": d.subpath("proj"), "mode": "rw"},
+        "ref": {"path": d.subpath("ref"), "mode": "ro"},
+    });
+    let mut events = d.connect();
+    events.subscribe();
+
+    // Boot: the reference's KVM-path steps, then connected.
+    let seen = start_vm(&d, &mut events);
+    let steps: Vec<(String, String)> = seen
+        .iter()
+        .filter(|e| e["type"] == "startupStep")
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().into(),
+                e["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("prepare_session", "running"),
+        ("start_vm", "running"),
+        ("wait_for_guest", "running"),
+        ("wait_for_guest", "completed"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(steps, want, "events: {seen:?}");
+    assert_eq!(d.call("isGuestConnected", json!({}))["connected"], true);
+    assert_eq!(d.call("isRunning", json!({}))["running"], true);
+    let info = d.call("getDaemonInfo", json!({}));
+    assert_eq!(info["backend"], "kvm", "{info}");
+    let warnings = info["warnings"].to_string();
+    assert!(warnings.contains("VM accelerator: tcg"), "{info}");
+    assert!(
+        warnings.contains("/dev/kvm"),
+        "the reason names /dev/kvm: {info}"
+    );
+
+    // Spawn and output, the layout, mount modes, the host's home hidden.
+    let host_home = d.home.display().to_string();
+    let script = format!(
+        "echo hello; id -u; pwd; ls /sessions/s/mnt; \
+         echo written > /sessions/s/mnt/proj/new.txt; cat /sessions/s/mnt/ref/readme.txt; \
+         if echo x > /sessions/s/mnt/ref/readme.txt; then echo REF-WRITABLE; fi; \
+         if touch /sessions/s/mnt/ref/other 2>/dev/null; then echo REF-CREATABLE; fi; \
+         if touch /usr/escape 2>/dev/null; then echo USR-WRITABLE; fi; \
+         if test -e {host_home}/secret.txt; then echo HOME-VISIBLE; fi; \
+         if ls {host_home} 2>/dev/null | grep -q secret; then echo HOME-LISTABLE; fi; \
+         echo persisted > /tmp/marker"
+    );
+    let started = Instant::now();
+    let out = sh(&d, "layout", &script, json!({"additionalMounts": mounts}));
+    eprintln!(
+        "kvm: first session spawn took {:?} (boots the session's VM)",
+        started.elapsed()
+    );
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "hello", "{out:?}");
+    assert_ne!(lines[1], "0", "processes run unprivileged: {out:?}");
+    assert_eq!(lines[2], "/sessions/s/mnt/proj", "{out:?}");
+    assert_eq!(&lines[3..5], ["proj", "ref"], "{out:?}");
+    assert_eq!(lines[5], "reference", "{out:?}");
+    for bad in [
+        "REF-WRITABLE",
+        "REF-CREATABLE",
+        "USR-WRITABLE",
+        "HOME-VISIBLE",
+        "HOME-LISTABLE",
+    ] {
+        assert!(!out.stdout.contains(bad), "{bad}: {out:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.home.join("proj/new.txt")).unwrap(),
+        "written\n",
+        "a rw mount's writes reach the host"
+    );
+
+    // /tmp persists across spawns (and is the session's own directory).
+    let out = sh(
+        &d,
+        "tmp",
+        "cat /tmp/marker",
+        json!({"additionalMounts": mounts}),
+    );
+    assert_eq!(out.stdout, "persisted\n", "{out:?}");
+
+    // Exit codes and signals.
+    let started = Instant::now();
+    let out = sh(&d, "code", "exit 7", json!({"additionalMounts": mounts}));
+    eprintln!(
+        "kvm: spawn to exit of sh -c 'exit 7': {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (out.exit_code, out.signal.as_deref()),
+        (Some(7), None),
+        "{out:?}"
+    );
+    let out = sh(
+        &d,
+        "sig",
+        "kill -TERM $$",
+        json!({"additionalMounts": mounts}),
+    );
+    assert_eq!(
+        (out.exit_code, out.signal.as_deref()),
+        (None, Some("SIGTERM")),
+        "{out:?}"
+    );
+
+    // stdin.
+    let mut sub = d.connect();
+    sub.subscribe();
+    d.call(
+        "spawn",
+        json!({"id": "cat", "name": "s", "command": "/bin/cat", "args": [], "additionalMounts": mounts}),
+    );
+    d.call("writeStdin", json!({"id": "cat", "data": "one "}));
+    d.call(
+        "writeStdin",
+        json!({"id": "cat", "data": "two\n", "eof": true}),
+    );
+    let out = collect(&mut sub, "cat", Duration::from_secs(30));
+    assert_eq!(
+        (out.stdout.as_str(), out.exit_code),
+        ("one two\n", Some(0)),
+        "{out:?}"
+    );
+
+    // kill signals the whole process group.
+    let mut sub = d.connect();
+    sub.subscribe();
+    d.call(
+        "spawn",
+        json!({"id": "group", "name": "s", "command": "/bin/sh",
+               "args": ["-c", "sleep 600 & echo started; wait"], "additionalMounts": mounts}),
+    );
+    sub.wait_event(Duration::from_secs(30), |e| {
+        e["id"] == "group" && e["type"] == "stdout"
+    });
+    d.call("kill", json!({"id": "group", "signal": "SIGKILL"}));
+    let out = collect(&mut sub, "group", Duration::from_secs(30));
+    assert_eq!(out.signal.as_deref(), Some("SIGKILL"), "{out:?}");
+    let out = sh(
+        &d,
+        "left",
+        "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done | grep -c '^sleep 600' || true",
+        json!({"additionalMounts": mounts}),
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        "0",
+        "the group's background sleep was killed too: {out:?}"
+    );
+
+    // stopVM powers the guest off.
+    assert!(
+        !helpers_of(&d, "qemu-system-x86_64").is_empty(),
+        "a VM runs"
+    );
+    d.call("stopVM", json!({}));
+    assert_eq!(d.call("isGuestConnected", json!({}))["connected"], false);
+    eventually(
+        Duration::from_secs(10),
+        "QEMU and virtiofsd gone after stopVM",
+        || {
+            helpers_of(&d, "qemu-system-x86_64").is_empty()
+                && helpers_of(&d, "virtiofsd").is_empty()
+        },
+    );
+}
+
+#[test]
+fn kvm_restarts_a_frozen_guest_and_dies_with_the_daemon() {
+    let mut d = start();
+    d.home_dir("w");
+    let mounts = json!({"w": {"path": d.subpath("w"), "mode": "rw"}});
+    let mut events = d.connect();
+    events.subscribe();
+    d.call("startVM", json!({}));
+    let mut sub = d.connect();
+    sub.subscribe();
+    d.call(
+        "spawn",
+        json!({"id": "long", "name": "s", "command": "/bin/sh",
+               "args": ["-c", "echo up; sleep 600"], "additionalMounts": mounts}),
+    );
+    sub.wait_event(Duration::from_secs(60), |e| {
+        e["id"] == "long" && e["type"] == "stdout"
+    });
+    // Freeze the guest: its agent stops answering.
+    eventually(Duration::from_secs(10), "startVM's VM retired", || {
+        helpers_of(&d, "qemu-system-x86_64").len() == 1
+    });
+    let qemus = helpers_of(&d, "qemu-system-x86_64");
+    let frozen = rustix::process::Pid::from_raw(qemus[0].0).unwrap();
+    rustix::process::kill_process(frozen, rustix::process::Signal::STOP).unwrap();
+    let out = collect(&mut sub, "long", Duration::from_secs(30));
+    assert_eq!(
+        out.signal.as_deref(),
+        Some("SIGKILL"),
+        "the frozen VM's process ended: {out:?}"
+    );
+    events.wait_event(Duration::from_secs(10), |e| {
+        e["type"] == "networkStatus" && e["status"] == "disconnected"
+    });
+    events.wait_event(Duration::from_secs(60), |e| {
+        e["type"] == "networkStatus" && e["status"] == "connected"
+    });
+    assert!(
+        !helpers_of(&d, "qemu-system-x86_64")
+            .iter()
+            .any(|(p, _)| *p == qemus[0].0),
+        "the frozen QEMU was killed"
+    );
+    let out = run_in(
+        &d,
+        "s",
+        "after",
+        &["/bin/echo", "again"],
+        json!({"additionalMounts": mounts}),
+    );
+    assert_eq!(
+        (out.stdout.as_str(), out.exit_code),
+        ("again\n", Some(0)),
+        "{out:?}"
+    );
+    assert!(
+        d.log().contains("missed 3 heartbeats"),
+        "the restart is logged"
+    );
+
+    // kill -9 of the daemon takes QEMU and every virtiofsd with it.
+    assert!(!helpers_of(&d, "virtiofsd").is_empty());
+    d.signal(rustix::process::Signal::KILL);
+    let _ = d.wait_exit(Duration::from_secs(5));
+    eventually(Duration::from_secs(10), "no QEMU or virtiofsd left", || {
+        helpers_of(&d, "qemu-system-x86_64").is_empty() && helpers_of(&d, "virtiofsd").is_empty()
+    });
+}
