@@ -28,6 +28,23 @@ if [ ! -x "$cache/claude-code/bin/claude" ]; then
 fi
 export COWORK_TEST_CLAUDE="$cache/claude-code/bin/claude"
 
+# The kvm backend's tests (tests/suite/kvm.rs) boot a microVM under TCG:
+# the Debian cloud kernel unpacked into a cache (never /boot), by our own
+# setup-vm, and the Rust virtiofsd (Debian 12 has no package; about 2 min to
+# build once). Kept between local runs.
+if [ "$(id -u)" = 0 ]; then
+    vmcache=/var/cache/cowork-vm-service-tests
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev libcap-ng-dev pkg-config >/dev/null
+else
+    vmcache="${XDG_CACHE_HOME:-$HOME/.cache}/cowork-vm-service-tests"
+fi
+mkdir -p "$vmcache" && chmod 755 "$vmcache"
+if [ ! -x "$vmcache/virtiofsd/bin/virtiofsd" ]; then
+    cargo install virtiofsd --locked --quiet --root "$vmcache/virtiofsd"
+fi
+cargo run --quiet -p cowork-vm-service -- setup-vm --dir "$vmcache/guest"
+export COWORK_TEST_VM_GUEST_DIR="$vmcache/guest" COWORK_TEST_VIRTIOFSD="$vmcache/virtiofsd/bin/virtiofsd"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
