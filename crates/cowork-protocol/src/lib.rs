@@ -21,12 +21,14 @@
 //!
 //! Method parameters are typed in [`params`]; [`text`] holds the streaming
 //! UTF-8 decoder used for process output, [`json_string`] the fast writer
-//! behind [`frame::encode_output`].
+//! behind [`frame::encode_output`], [`mux`] the binary framing of a VM's
+//! proxy streams.
 
 pub mod agent;
 pub mod event;
 pub mod frame;
 pub mod json_string;
+pub mod mux;
 pub mod params;
 pub mod rpc;
 pub mod text;
