@@ -109,7 +109,7 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
         BackendPlan::Unavailable { why, .. } => Check::new(Status::Fail, format!("backend: {why}")),
     };
     checks.push(check);
-    checks.push(egress_check(plan));
+    checks.extend(egress_check(plan));
     Section {
         title: "Backend".into(),
         checks,
@@ -117,25 +117,22 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
 }
 
 /// Whether the network allowlist (`spawn.allowedDomains`) holds with this
-/// backend.
-fn egress_check(plan: &BackendPlan) -> Check {
-    match plan {
+/// backend (nothing to say when no backend works: its line fails already).
+fn egress_check(plan: &BackendPlan) -> Option<Check> {
+    Some(match plan {
         BackendPlan::Host { .. } => Check::new(
             Status::Warn,
             "network: the allowlist (allowedDomains) is NOT enforced: host processes reach \
              the network directly",
         )
         .hint("get the bubblewrap sandbox (see the backend line above) to enforce it"),
-        BackendPlan::Unavailable { .. } => Check::new(
-            Status::Fail,
-            "network: nothing runs until the backend above works",
-        ),
+        BackendPlan::Unavailable { .. } => return None,
         // The isolating backends (bwrap, and the VM).
         _ => Check::new(
             Status::Pass,
             "network: enforced (each sandbox's only way out is the allowlist proxy)",
         ),
-    }
+    })
 }
 
 fn install_bwrap_hint() -> String {
