@@ -34,6 +34,7 @@ pub mod generate;
 pub mod hookup;
 pub mod lean_linking;
 pub mod logging;
+pub mod netmux;
 pub mod process_events;
 pub mod processes;
 pub mod read_file;

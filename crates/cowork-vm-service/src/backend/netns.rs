@@ -134,6 +134,19 @@ impl Egress {
         ])
     }
 
+    /// The proxy's context for one VM's streams (the same policy,
+    /// addresses and denial reporting as [`Self::serve`]).
+    pub fn stream_context(&self, session: &str, allowlist: Arc<AllowList>) -> ProxyContext {
+        if let Err(e) = self.own.refresh() {
+            tracing::debug!("refreshing this host's addresses: {e}");
+        }
+        let sink: Arc<dyn DenialSink> = self.sink.clone();
+        ProxyContext::new(session, allowlist)
+            .with_hint(self.hint.clone())
+            .with_own_addresses(self.own.clone())
+            .with_denial_sink(sink)
+    }
+
     /// Forgets which hosts a session was already told about.
     pub fn forget(&self, session: &str) {
         self.sink.dedup.forget_session(session);

@@ -298,20 +298,78 @@ fn kvm_vm_runs_the_client_contract() {
     );
 }
 
+/// An HTTP server on the host answering every request with `body`.
+fn upstream(ip: &str, body: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
 #[test]
-fn kvm_restarts_a_frozen_guest_and_dies_with_the_daemon() {
+fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
     let mut d = start();
     d.home_dir("w");
     let mounts = json!({"w": {"path": d.subpath("w"), "mode": "rw"}});
+    let allowed = upstream("127.0.0.2", "hello from upstream");
+    let denied = upstream("127.0.0.3", "must not be reached");
+    let extra = json!({"additionalMounts": mounts, "allowedDomains": ["127.0.0.2"]});
     let mut events = d.connect();
     events.subscribe();
     d.call("startVM", json!({}));
+
+    // The guest has no network device; its only way out is the proxy,
+    // carried over the channel, under the spawn's allowlist.
+    let script = format!(
+        "ip -o link | grep -vc ': lo:' || true; \
+         echo http=$(curl -s --max-time 10 http://{allowed}/); \
+         echo socks=$(curl -s --max-time 10 --socks5-hostname 127.0.0.1:1080 http://{allowed}/); \
+         echo denied=$(curl -s --max-time 10 -o /dev/null -w '%{{http_code}}' http://{denied}/); \
+         echo direct=$(curl -s --max-time 3 --noproxy '*' http://{allowed}/ || echo failed); \
+         env | grep -c '^HTTPS_PROXY=http://127.0.0.1:3128$'"
+    );
+    let out = run_in(&d, "s", "net", &["/bin/sh", "-c", &script], extra.clone());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "0",
+            "http=hello from upstream",
+            "socks=hello from upstream",
+            "denied=403",
+            "direct=failed",
+            "1"
+        ],
+        "{out:?}"
+    );
     let mut sub = d.connect();
     sub.subscribe();
     d.call(
         "spawn",
         json!({"id": "long", "name": "s", "command": "/bin/sh",
-               "args": ["-c", "echo up; sleep 600"], "additionalMounts": mounts}),
+               "args": ["-c", "echo up; sleep 600"], "additionalMounts": mounts,
+               "allowedDomains": ["127.0.0.2"]}),
     );
     sub.wait_event(Duration::from_secs(60), |e| {
         e["id"] == "long" && e["type"] == "stdout"
@@ -341,13 +399,7 @@ fn kvm_restarts_a_frozen_guest_and_dies_with_the_daemon() {
             .any(|(p, _)| *p == qemus[0].0),
         "the frozen QEMU was killed"
     );
-    let out = run_in(
-        &d,
-        "s",
-        "after",
-        &["/bin/echo", "again"],
-        json!({"additionalMounts": mounts}),
-    );
+    let out = run_in(&d, "s", "after", &["/bin/echo", "again"], extra);
     assert_eq!(
         (out.stdout.as_str(), out.exit_code),
         ("again\n", Some(0)),

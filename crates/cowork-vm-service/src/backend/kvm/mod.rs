@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cowork_netproxy::{Protocol, serve_stream};
 use cowork_policy::bwrap_argv::{HostLayout, host_layout, sandbox_work_dir, sdk_dir, session_mnt};
 use cowork_policy::bwrap_config::BwrapMountsConfig;
 use cowork_policy::confine::ConfinePlan;
@@ -44,6 +45,7 @@ use cowork_policy::qemu_argv::{Accel, VmSize};
 use cowork_policy::selection::BackendKind;
 use cowork_protocol::agent::{AgentStatus, SpawnRequest, method};
 use cowork_protocol::event::{Event, NetworkStatus};
+use cowork_protocol::mux::StreamProtocol;
 use cowork_protocol::params::StartVmParams;
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -570,8 +572,21 @@ async fn netmux_serve(
     allowlist: Arc<AllowList>,
     stream: tokio::net::UnixStream,
 ) {
-    let _ = (egress, session, allowlist, stream);
-    std::future::pending::<()>().await;
+    let on_open: crate::netmux::OnOpen = Arc::new(move |protocol| {
+        let ctx = egress.stream_context(&session, allowlist.clone());
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let protocol = match protocol {
+            StreamProtocol::Http => Protocol::Http,
+            StreamProtocol::Socks5 => Protocol::Socks5,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(theirs, protocol, ctx).await {
+                tracing::debug!("VM proxy stream: {e}");
+            }
+        });
+        Some(Box::new(ours) as Box<dyn crate::netmux::Conn>)
+    });
+    crate::netmux::run(stream, None, Some(on_open)).await;
 }
 
 /// Whether the agent reports nothing running.
