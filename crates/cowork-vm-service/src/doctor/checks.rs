@@ -27,15 +27,15 @@ pub fn diagnose(facts: &Facts, fs: &dyn FsView) -> Report {
     let verdict = verdict(&selection, &plan, facts);
     let sections = vec![
         backend_section(&selection, &plan, facts),
+        // bubblewrap matters unless the VM serves (explicitly, or because
+        // bubblewrap is missing and KVM works).
         bwrap_section(
             facts,
-            !selection.overridden || selection.backend == BackendKind::Bwrap,
+            selection.backend != BackendKind::Kvm
+                && (!selection.overridden || selection.backend == BackendKind::Bwrap),
         ),
         kernel_section(facts),
-        kvm_section(
-            facts,
-            selection.backend == BackendKind::Kvm && selection.overridden,
-        ),
+        kvm_section(facts, selection.backend == BackendKind::Kvm),
         config_section(facts, fs),
         runtime_section(facts, &verdict),
         client_section(&facts.client, facts.own_exe.as_deref()),
@@ -89,6 +89,16 @@ fn backend_section(selection: &Selection, plan: &BackendPlan, facts: &Facts) -> 
             Status::Pass,
             format!("backend: bwrap ({})", selection.reason),
         ),
+        BackendPlan::Kvm if facts.kvm.qemu.is_none() || facts.kvm.virtiofsd.is_none() => {
+            Check::new(
+                Status::Fail,
+                format!(
+                    "backend: kvm ({}), but the microVM cannot start: QEMU or virtiofsd is \
+                     missing (see KVM below)",
+                    selection.reason
+                ),
+            )
+        }
         BackendPlan::Kvm => Check::new(
             Status::Pass,
             format!("backend: kvm, a microVM ({})", selection.reason),
@@ -266,12 +276,20 @@ fn kvm_section(facts: &Facts, required: bool) -> Section {
     // Not asked for: facts, not verdicts (KVM noise confused bwrap users).
     let missing = if required { Status::Fail } else { Status::Info };
     let mut checks = Vec::new();
+    // Without KVM the VM still boots, under software emulation (TCG).
+    let slow = if required { Status::Warn } else { Status::Info };
     checks.push(match facts.dev_kvm {
         DeviceAccess::ReadWrite => Check::new(Status::Pass, "/dev/kvm is readable and writable"),
-        DeviceAccess::NoAccess => Check::new(missing, "/dev/kvm exists but we cannot open it")
-            .hint("add yourself to the kvm group: `sudo usermod -aG kvm $USER`, then log in again"),
-        DeviceAccess::Missing => Check::new(missing, "/dev/kvm is missing")
-            .hint("enable virtualization in the firmware and load kvm_intel or kvm_amd"),
+        DeviceAccess::NoAccess => Check::new(
+            slow,
+            "/dev/kvm exists but we cannot open it: the VM runs under software emulation (slower)",
+        )
+        .hint("add yourself to the kvm group: `sudo usermod -aG kvm $USER`, then log in again"),
+        DeviceAccess::Missing => Check::new(
+            slow,
+            "/dev/kvm is missing: the VM runs under software emulation (slower)",
+        )
+        .hint("enable virtualization in the firmware and load kvm_intel or kvm_amd"),
     });
     checks.push(if facts.kvm.vhost_vsock {
         Check::new(Status::Pass, "/dev/vhost-vsock present")
