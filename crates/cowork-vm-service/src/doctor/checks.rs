@@ -312,6 +312,7 @@ fn kvm_section(facts: &Facts, required: bool) -> Section {
         )
         .hint("install virtiofsd, or set COWORK_VM_VIRTIOFSD_BIN to its path"),
     });
+    checks.extend(super::vm::checks(&facts.vm, missing));
     checks.push(match &facts.ovmf {
         Some(p) => Check::new(Status::Pass, format!("OVMF firmware: {}", p.display())),
         None => Check::new(

@@ -32,6 +32,7 @@ fn healthy() -> Facts {
         },
         kvm: KvmRequirements::default(),
         dev_kvm: DeviceAccess::Missing,
+        vm: Default::default(),
         ovmf: None,
         home: "/home/u".into(),
         config_file: "/home/u/.config/Claude/claude_desktop_linux_config.json".into(),

@@ -87,6 +87,8 @@ pub struct Facts {
     pub kvm: KvmRequirements,
     pub dev_kvm: DeviceAccess,
     pub ovmf: Option<PathBuf>,
+    /// The microVM's guest kernel, virtiofsd kind, accelerator.
+    pub vm: super::vm::VmFacts,
     pub home: PathBuf,
     pub config_file: PathBuf,
     /// `None`: no config file. `Err`: it cannot be read.
@@ -192,6 +194,7 @@ pub fn gather(dirs: &Dirs, socket_path: &Path) -> Facts {
         cgroup: cgroup_limits(),
         dev_kvm: device_access(Path::new("/dev/kvm")),
         ovmf: OVMF_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()),
+        vm: super::vm::gather(&dirs.home, probe.find_virtiofsd().as_deref()),
         home: dirs.home.clone(),
         config_file,
         config_text,

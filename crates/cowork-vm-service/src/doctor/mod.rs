@@ -11,6 +11,7 @@ pub mod client;
 pub mod facts;
 pub mod layers;
 pub mod report;
+pub mod vm;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -50,6 +50,56 @@ pub fn kvm_device_usable() -> Result<(), String> {
     })
 }
 
+/// Where the KVM test boot's outcome is remembered for the current host
+/// boot (a failing test costs [`KVM_TEST_BOOT`] at every daemon start
+/// otherwise): `${XDG_CACHE_HOME:-~/.cache}/cowork-vm-service/accel`.
+pub fn cache_file(home: &std::path::Path) -> std::path::PathBuf {
+    super::guest::default_dir(home)
+        .parent()
+        .map(|p| p.join("accel"))
+        .unwrap_or_else(|| home.join(".cache/cowork-vm-service/accel"))
+}
+
+/// This boot of the host (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The remembered decision for this host boot and `kernel`, if any.
+pub fn cached(file: &std::path::Path, kernel: &str) -> Option<AccelChoice> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut lines = text.lines();
+    let (boot, version, accel) = (lines.next()?, lines.next()?, lines.next()?);
+    if Some(boot) != boot_id().as_deref() || version != kernel {
+        return None;
+    }
+    let accel = match accel {
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        _ => return None,
+    };
+    Some(AccelChoice {
+        accel,
+        reason: format!("{} (test boot earlier in this host boot)", lines.next()?),
+    })
+}
+
+/// Remembers `choice` for this host boot (best effort).
+pub fn remember(file: &std::path::Path, kernel: &str, choice: &AccelChoice) {
+    let Some(boot) = boot_id() else { return };
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let text = format!(
+        "{boot}\n{kernel}\n{}\n{}\n",
+        choice.accel.as_str(),
+        choice.reason.replace('\n', " ")
+    );
+    let _ = std::fs::write(file, text);
+}
+
 #[cfg(target_arch = "x86_64")]
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter; every x86_64 CPU
@@ -83,6 +133,26 @@ pub fn host_tsc_khz() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_are_remembered_for_this_boot_and_kernel_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accel");
+        assert_eq!(cached(&file, "6.1"), None);
+        let choice = AccelChoice {
+            accel: Accel::Tcg,
+            reason: "software emulation: test boot failed".into(),
+        };
+        remember(&file, "6.1", &choice);
+        let again = cached(&file, "6.1").expect("remembered");
+        assert_eq!(again.accel, Accel::Tcg);
+        assert!(
+            again
+                .reason
+                .starts_with("software emulation: test boot failed")
+        );
+        assert_eq!(cached(&file, "6.2"), None, "another kernel is tested again");
+    }
 
     #[test]
     fn the_tsc_frequency_is_plausible() {

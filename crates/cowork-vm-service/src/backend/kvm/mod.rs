@@ -405,6 +405,14 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         "virtiofsd is not installed (Debian 12 has no package): `cargo install virtiofsd` and \
          put it on PATH or set COWORK_VM_VIRTIOFSD_BIN",
     )?;
+    if virtiofsd_is_qemus_c_one(&virtiofsd) {
+        return Err(format!(
+            "{} is QEMU's C virtiofsd, which runs only as root (no --sandbox none): install the \
+             Rust virtiofsd (`cargo install virtiofsd --locked`) and point COWORK_VM_VIRTIOFSD_BIN \
+             at it",
+            virtiofsd.display()
+        ));
+    }
     let self_binary = std::env::current_exe()
         .and_then(std::fs::canonicalize)
         .map_err(|e| format!("cannot locate this executable for the guest's init: {e}"))?;
@@ -436,7 +444,7 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         uid,
         gid,
     };
-    let accel = choose_accel(&env).await;
+    let accel = choose_accel(&env, &settings.home, &image.version).await;
     tracing::info!(
         "kvm backend: guest kernel {} ({}), accelerator {}: {}",
         image.version,
@@ -449,6 +457,16 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         accel,
         layout: host_layout(&RealFs),
     })
+}
+
+/// Whether `bin` is QEMU's C virtiofsd (`virtiofsd version 7.2...`), not
+/// the Rust one (`virtiofsd 1.14.0`).
+pub fn virtiofsd_is_qemus_c_one(bin: &Path) -> bool {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("virtiofsd version"))
 }
 
 /// Where the initramfs is cached: next to the guest kernel when writable,
@@ -465,8 +483,9 @@ fn initramfs_cache(guest_dir: &Path) -> PathBuf {
     guest::default_dir(&home).join("initramfs")
 }
 
-/// KVM if a short test boot under it reaches the agent, else TCG.
-async fn choose_accel(env: &VmEnv) -> AccelChoice {
+/// KVM if a short test boot under it reaches the agent, else TCG (the
+/// test's outcome is remembered for this host boot).
+async fn choose_accel(env: &VmEnv, home: &Path, kernel: &str) -> AccelChoice {
     match accel::forced() {
         Some(Ok(accel)) => {
             return AccelChoice {
@@ -482,6 +501,10 @@ async fn choose_accel(env: &VmEnv) -> AccelChoice {
             accel: Accel::Tcg,
             reason: format!("software emulation: {why}"),
         };
+    }
+    let cache = accel::cache_file(home);
+    if let Some(choice) = accel::cached(&cache, kernel) {
+        return choice;
     }
     let events = ProcessEvents::new(EventHub::new(), crate::processes::ProcessTable::new());
     let probe = Vm::boot(
@@ -503,7 +526,7 @@ async fn choose_accel(env: &VmEnv) -> AccelChoice {
         },
     )
     .await;
-    match probe {
+    let choice = match probe {
         Ok(vm) => {
             let took = vm.booted_in;
             vm.shutdown();
@@ -523,7 +546,9 @@ async fn choose_accel(env: &VmEnv) -> AccelChoice {
                 e.chars().take(200).collect::<String>()
             ),
         },
-    }
+    };
+    accel::remember(&cache, kernel, &choice);
+    choice
 }
 
 /// Checks the agent every [`HEARTBEAT`]; restarts the VM after
