@@ -11,6 +11,7 @@ mod limits;
 mod measure;
 mod report;
 mod stats;
+mod vm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -65,6 +66,20 @@ struct Args {
     /// Connects timed to the first byte, through the proxy and directly.
     #[arg(long, default_value_t = 200)]
     connects: usize,
+    /// `kvm`: measure the microVM backend instead (boots, spawns in the
+    /// guest, idle CPU and memory); needs `cowork-vm-service setup-vm` and
+    /// virtiofsd (COWORK_VM_GUEST_DIR, COWORK_VM_VIRTIOFSD_BIN pass through).
+    #[arg(long, value_parser = ["kvm"])]
+    backend: Option<String>,
+    /// VM boots timed (kvm).
+    #[arg(long, default_value_t = 5)]
+    vm_boots: usize,
+    /// spawn -> exit samples in the VM (kvm).
+    #[arg(long, default_value_t = 100)]
+    vm_spawns: usize,
+    /// Seconds QEMU's idle CPU is measured over (kvm).
+    #[arg(long, default_value_t = 30)]
+    vm_idle_secs: u64,
     /// Tiny counts: checks that everything works, measures nothing useful.
     #[arg(long)]
     quick: bool,
@@ -253,6 +268,22 @@ fn main() -> Result<()> {
         argv: r.split_whitespace().map(String::from).collect(),
     });
     let bwrap = limits::bwrap_path().is_some();
+    if args.backend.as_deref() == Some("kvm") {
+        let vm_args = vm::VmArgs {
+            boots: if args.quick { 1 } else { args.vm_boots },
+            spawns: if args.quick { 5 } else { args.vm_spawns },
+            idle_secs: if args.quick { 2 } else { args.vm_idle_secs },
+        };
+        let figures = vm::measure(&ours, &vm_args)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        } else {
+            for (k, v) in &figures {
+                println!("{k:<34} {v:>10.1}");
+            }
+        }
+        return Ok(());
+    }
     if !bwrap {
         eprintln!("bwrap is not installed: bwrap figures are skipped");
     }
