@@ -53,11 +53,24 @@ pub enum StreamProtocol {
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Open { stream: u32, protocol: StreamProtocol },
-    Data { stream: u32, data: Bytes },
-    Credit { stream: u32, bytes: u32 },
-    Close { stream: u32 },
-    Reset { stream: u32 },
+    Open {
+        stream: u32,
+        protocol: StreamProtocol,
+    },
+    Data {
+        stream: u32,
+        data: Bytes,
+    },
+    Credit {
+        stream: u32,
+        bytes: u32,
+    },
+    Close {
+        stream: u32,
+    },
+    Reset {
+        stream: u32,
+    },
 }
 
 impl Frame {
@@ -304,7 +317,10 @@ mod tests {
             (
                 "empty data",
                 frame(DATA, 1, b""),
-                MuxError::Length { kind: "DATA", len: 0 },
+                MuxError::Length {
+                    kind: "DATA",
+                    len: 0,
+                },
             ),
             (
                 "oversized data, before its payload arrives",
@@ -317,14 +333,24 @@ mod tests {
             (
                 "close with payload",
                 frame(CLOSE, 1, b"x"),
-                MuxError::Length { kind: "CLOSE", len: 1 },
+                MuxError::Length {
+                    kind: "CLOSE",
+                    len: 1,
+                },
             ),
             ("bad protocol", frame(OPEN, 1, &[7]), MuxError::Protocol(7)),
-            ("zero credit", frame(CREDIT, 1, &[0, 0, 0, 0]), MuxError::ZeroCredit),
+            (
+                "zero credit",
+                frame(CREDIT, 1, &[0, 0, 0, 0]),
+                MuxError::ZeroCredit,
+            ),
             (
                 "short credit",
                 frame(CREDIT, 1, &[1]),
-                MuxError::Length { kind: "CREDIT", len: 1 },
+                MuxError::Length {
+                    kind: "CREDIT",
+                    len: 1,
+                },
             ),
         ];
         for (what, mut bytes, want) in cases {

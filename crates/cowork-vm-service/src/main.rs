@@ -11,7 +11,10 @@ fn main() -> ExitCode {
     if agent::guest_init::is_guest_init(argv.first().map(|a| a.as_os_str())) {
         return agent::guest_init::main();
     }
-    if argv.get(1).is_some_and(|a| a == cowork_vm_service::backend::kvm::guard::GUARD_SUBCOMMAND) {
+    if argv
+        .get(1)
+        .is_some_and(|a| a == cowork_vm_service::backend::kvm::guard::GUARD_SUBCOMMAND)
+    {
         return cowork_vm_service::backend::kvm::guard::main(&argv[2..]);
     }
     if let Some((fd, mode)) = agent_fast_path(&argv) {

@@ -211,7 +211,10 @@ pub(crate) fn serve_guest(
     setup: &cowork_protocol::agent::GuestSetup,
 ) -> ExitCode {
     if let Err(e) = become_guest_user(setup.uid, setup.gid) {
-        eprintln!("cowork-vm-service agent: cannot become uid {}: {e}", setup.uid);
+        eprintln!(
+            "cowork-vm-service agent: cannot become uid {}: {e}",
+            setup.uid
+        );
         return ExitCode::from(2);
     }
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
