@@ -150,6 +150,10 @@ pub struct GuestSetup {
     pub confine_plan: Option<String>,
     #[serde(default)]
     pub hostname: String,
+    /// `$HOME` of the processes: made (empty, theirs) when no share is
+    /// mounted there.
+    #[serde(default)]
+    pub home: String,
 }
 
 /// One virtiofs share as the guest mounts it.

@@ -237,6 +237,16 @@ fn mount_shares(setup: &GuestSetup) -> Result<(), String> {
         }
         mount(&share.tag, &share.path, "virtiofs", flags)?;
     }
+    // An empty home of the user's, as bwrap gives (a tmpfs directory).
+    if !setup.home.is_empty() && !Path::new(&setup.home).exists() {
+        std::fs::create_dir_all(&setup.home).map_err(|e| format!("mkdir {}: {e}", setup.home))?;
+        rustix::fs::chown(
+            setup.home.as_str(),
+            Some(rustix::process::Uid::from_raw(setup.uid)),
+            Some(rustix::process::Gid::from_raw(setup.gid)),
+        )
+        .map_err(|e| format!("chown {}: {e}", setup.home))?;
+    }
     Ok(())
 }
 

@@ -173,7 +173,8 @@ fn kvm_vm_runs_the_client_contract() {
          if touch /usr/escape 2>/dev/null; then echo USR-WRITABLE; fi; \
          if test -e {host_home}/secret.txt; then echo HOME-VISIBLE; fi; \
          if ls {host_home} 2>/dev/null | grep -q secret; then echo HOME-LISTABLE; fi; \
-         echo persisted > /tmp/marker"
+         echo persisted > /tmp/marker; \
+         touch \"$HOME/.written\" && echo home-writable"
     );
     let started = Instant::now();
     let out = sh(&d, "layout", &script, json!({"additionalMounts": mounts}));
@@ -197,6 +198,14 @@ fn kvm_vm_runs_the_client_contract() {
     ] {
         assert!(!out.stdout.contains(bad), "{bad}: {out:?}");
     }
+    assert!(
+        out.stdout.contains("home-writable"),
+        "an empty $HOME of the user's: {out:?}"
+    );
+    assert!(
+        !d.home.join(".written").exists(),
+        "the guest's $HOME is not the host's"
+    );
     assert_eq!(
         std::fs::read_to_string(d.home.join("proj/new.txt")).unwrap(),
         "written\n",

@@ -142,7 +142,6 @@ fn add_host_path(cpio: &mut Cpio, path: &Path) -> Result<(), GuestError> {
         }
         let mut prefix = PathBuf::from("/");
         let parts: Vec<Component> = p.components().collect();
-        let mut restarted = false;
         for (i, part) in parts.iter().enumerate() {
             let Component::Normal(name) = part else {
                 continue;
@@ -162,7 +161,6 @@ fn add_host_path(cpio: &mut Cpio, path: &Path) -> Result<(), GuestError> {
                     next.push(rest);
                 }
                 pending.push(next);
-                restarted = true;
                 break;
             }
             if meta.is_dir() {
@@ -172,7 +170,6 @@ fn add_host_path(cpio: &mut Cpio, path: &Path) -> Result<(), GuestError> {
                 cpio.file(&shown, meta.mode(), &data);
             }
         }
-        let _ = restarted;
     }
     Ok(())
 }

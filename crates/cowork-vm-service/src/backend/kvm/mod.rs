@@ -259,6 +259,7 @@ impl KvmBackend {
                 generation,
                 events,
                 boot_timeout: BOOT_TIMEOUT,
+                home: self.settings.home.to_string_lossy().into_owned(),
             },
         )
         .await?;
@@ -523,6 +524,7 @@ async fn choose_accel(env: &VmEnv, home: &Path, kernel: &str) -> AccelChoice {
             generation: 0,
             events,
             boot_timeout: accel::KVM_TEST_BOOT,
+            home: String::new(),
         },
     )
     .await;

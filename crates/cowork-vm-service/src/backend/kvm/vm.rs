@@ -69,6 +69,8 @@ pub struct VmRequest<'a> {
     pub events: ProcessEvents,
     /// How long until the agent must answer.
     pub boot_timeout: Duration,
+    /// `$HOME` in the guest.
+    pub home: String,
 }
 
 /// A running VM.
@@ -247,6 +249,7 @@ impl Vm {
             gid: env.gid,
             confine_plan: req.confine_plan.clone(),
             hostname: "cowork".into(),
+            home: req.home.clone(),
         };
         let frame = cowork_protocol::frame::encode(&ToAgent::Notification {
             method: method::GUEST_SETUP.into(),
