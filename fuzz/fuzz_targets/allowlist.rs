@@ -1,7 +1,8 @@
 //! The network allowlist's parsers and matcher (`cowork_policy::net`):
-//! each input line (at most 8) is tried as an `allowedDomains` pattern,
-//! as a CONNECT authority, as a Host header and as a SOCKS5 domain; then
-//! the lines form an allowlist that judges every valid target, and the
+//! of the input's lines (at most 8), those starting with `>` are targets,
+//! tried as a Host header / URI authority (`parse_authority_or`) and as a
+//! SOCKS5 domain (`Target::new`); the others are `allowedDomains`
+//! patterns, which form an allowlist that judges every valid target; the
 //! proxy's resolved-address vetting runs on the judged targets.
 //!
 //! Invariants: a pattern's and a target's canonical text parse back to the
@@ -49,9 +50,13 @@ fn check_match(pattern: &Pattern, target: &Target, canonical: &Target) -> Option
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let lines: Vec<&str> = text.split('\n').take(8).collect();
+    let pattern_lines: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with('>'))
+        .collect();
     let mut patterns = Vec::new();
-    let mut targets = Vec::new();
-    for line in &lines {
+    for line in &pattern_lines {
         if let Ok(pattern) = Pattern::parse(line) {
             assert_ne!(pattern.port, Some(0));
             let canonical = pattern.to_string();
@@ -62,22 +67,20 @@ fuzz_target!(|data: &[u8]| {
             );
             patterns.push(pattern);
         }
-        let tries = [
-            Target::parse_authority(line),
-            Target::parse_authority_or(line, 80),
-            Target::new(line, 443),
-        ];
+    }
+    // (target, the target parsed from its canonical text)
+    let mut targets = Vec::new();
+    for line in lines.iter().filter_map(|l| l.strip_prefix('>')) {
+        let tries = [Target::parse_authority_or(line, 80), Target::new(line, 443)];
         for target in tries.into_iter().flatten() {
             assert_ne!(target.port, 0);
-            assert_eq!(
-                Target::parse_authority(&target.to_string()).as_ref(),
-                Ok(&target)
-            );
-            targets.push(target);
+            let canonical = Target::parse_authority(&target.to_string());
+            assert_eq!(canonical.as_ref(), Ok(&target));
+            targets.push((target, canonical.expect("checked")));
         }
     }
-    let list = AllowList::from_patterns(&lines);
-    assert_eq!(list.warnings().len(), lines.len() - patterns.len());
+    let list = AllowList::from_patterns(&pattern_lines);
+    assert_eq!(list.warnings().len(), pattern_lines.len() - patterns.len());
     let mut sorted = patterns.clone();
     sorted.sort();
     sorted.dedup();
@@ -89,16 +92,15 @@ fuzz_target!(|data: &[u8]| {
     let own: Vec<IpAddr> = vec!["192.168.1.20".parse().expect("ip")];
     let resolved: Vec<IpAddr> = targets
         .iter()
-        .filter_map(|t| match t.host {
+        .filter_map(|(t, _)| match t.host {
             Host::Ip(ip) => Some(ip),
             Host::Name(_) => None,
         })
         .collect();
-    for target in &targets {
-        let canonical = Target::parse_authority(&target.to_string()).expect("canonical target");
+    for (target, canonical) in &targets {
         let matches: Vec<Option<Match>> = patterns
             .iter()
-            .map(|p| check_match(p, target, &canonical))
+            .map(|p| check_match(p, target, canonical))
             .collect();
         let want = if matches.contains(&Some(Match::Exact)) {
             Decision::Allowed { exact: true }

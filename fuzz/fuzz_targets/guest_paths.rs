@@ -28,7 +28,7 @@ fn is_normal_absolute(p: &Path) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let lines: Vec<String> = text.split('\n').take(16).map(str::to_owned).collect();
+    let lines: Vec<String> = text.split('\n').take(8).map(str::to_owned).collect();
     let map = cowork_fuzz::session_map();
     let fs = cowork_fuzz::fake_fs();
     let home = Path::new("/home/u");
