@@ -161,6 +161,60 @@ impl Daemon {
             .context("VmRSS missing")
     }
 
+    /// Open descriptors.
+    pub fn fd_count(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
+    /// Threads.
+    pub fn threads(&self) -> Result<usize> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("Threads missing")
+    }
+
+    /// Processes below the daemon (children, grandchildren, ...).
+    pub fn descendants(&self) -> Result<usize> {
+        let mut parent_of = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // A process may be gone by now: skip it.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.insert(pid, ppid);
+            }
+        }
+        let root = self.pid();
+        let below = |mut pid: u32| {
+            // Bounded walk: pid numbers can be reused into a cycle mid-scan.
+            for _ in 0..64 {
+                match parent_of.get(&pid) {
+                    Some(&p) if p == root => return true,
+                    Some(&p) if p > 1 => pid = p,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        Ok(parent_of.keys().filter(|&&pid| below(pid)).count())
+    }
+
     pub fn connect(&self) -> Result<Client> {
         Client::connect(&self.socket)
     }

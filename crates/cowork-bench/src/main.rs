@@ -10,6 +10,7 @@ mod egress;
 mod limits;
 mod measure;
 mod report;
+mod soak;
 mod stats;
 mod vm;
 
@@ -66,6 +67,25 @@ struct Args {
     /// Connects timed to the first byte, through the proxy and directly.
     #[arg(long, default_value_t = 200)]
     connects: usize,
+    /// Run the soak instead of the benchmark: our daemon on the bwrap
+    /// backend, --soak-spawns spawns with output across --soak-sessions
+    /// sessions, then --soak-idle-secs idle, sampling RSS and descriptors;
+    /// exits 1 unless both are flat (last sample within 10% of the first
+    /// after warm-up).
+    #[arg(long)]
+    soak: bool,
+    /// Spawns of the soak.
+    #[arg(long, default_value_t = 10_000)]
+    soak_spawns: usize,
+    /// Sessions (sandboxes) the soak's spawns go to, round robin.
+    #[arg(long, default_value_t = 20)]
+    soak_sessions: usize,
+    /// Spawns between two samples (the first interval is the warm-up).
+    #[arg(long, default_value_t = 1000)]
+    soak_sample_every: usize,
+    /// Idle time after the soak's spawns, before the last sample.
+    #[arg(long, default_value_t = 30)]
+    soak_idle_secs: u64,
     /// `kvm`: measure the microVM backend instead (boots, spawns in the
     /// guest, idle CPU and memory); needs `cowork-vm-service setup-vm` and
     /// virtiofsd (COWORK_VM_GUEST_DIR, COWORK_VM_VIRTIOFSD_BIN pass through).
@@ -100,6 +120,10 @@ impl Args {
             self.concurrent = 5;
             self.egress_bytes = 16 << 20;
             self.connects = 10;
+            self.soak_spawns = 200;
+            self.soak_sessions = 4;
+            self.soak_sample_every = 50;
+            self.soak_idle_secs = 1;
         }
     }
 }
@@ -268,6 +292,9 @@ fn main() -> Result<()> {
         argv: r.split_whitespace().map(String::from).collect(),
     });
     let bwrap = limits::bwrap_path().is_some();
+    if args.soak {
+        return run_soak(&ours, &args, bwrap);
+    }
     if args.backend.as_deref() == Some("kvm") {
         let vm_args = vm::VmArgs {
             boots: if args.quick { 1 } else { args.vm_boots },
@@ -348,6 +375,31 @@ fn main() -> Result<()> {
         );
     }
 
+    Ok(())
+}
+
+/// `--soak`: prints the curve, fails unless it is flat.
+fn run_soak(ours: &Target, args: &Args, bwrap: bool) -> Result<()> {
+    if !bwrap {
+        bail!("the soak runs on the bwrap backend, and bwrap is not installed");
+    }
+    let config = soak::SoakConfig {
+        spawns: args.soak_spawns,
+        sessions: args.soak_sessions,
+        sample_every: args.soak_sample_every,
+        idle: Duration::from_secs(args.soak_idle_secs),
+        window: args.soak_sessions,
+    };
+    let (d, _) = Daemon::start(ours, "bwrap", &[]).context("ours: bwrap daemon")?;
+    let result = soak::run(&d, &config).context("soak")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result.to_json())?);
+    } else {
+        print!("{}", result.table());
+    }
+    if !result.is_flat() {
+        bail!("the soak's RSS or descriptor count is not flat");
+    }
     Ok(())
 }
 

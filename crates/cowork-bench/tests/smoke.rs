@@ -54,3 +54,37 @@ fn quick_run_measures_every_figure() {
     }
     assert!(v["limits"]["raw_pipe_mbps"].as_f64().unwrap() > 0.0);
 }
+
+/// The soak mode, tiny: every sample taken, all output delivered, a
+/// verdict for RSS and descriptors (flatness itself is not asserted: the
+/// quick counts are too small to mean anything).
+#[test]
+fn quick_soak_samples_the_daemon() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_cowork-bench"));
+    let daemon = bench.with_file_name("cowork-vm-service");
+    let out = Command::new(&bench)
+        .args(["--soak", "--quick", "--json", "--daemon"])
+        .arg(&daemon)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}); stderr: {stderr}"));
+    let samples = v["samples"].as_array().unwrap();
+    // Before, every 50 of the 200 spawns, after the idle pause.
+    let labels: Vec<&str> = samples
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["before", "50", "100", "150", "200", "idle 1 s"]);
+    for s in samples {
+        assert!(
+            s["rssKib"].as_u64().unwrap() > 0 && s["fds"].as_u64().unwrap() > 0,
+            "{s}"
+        );
+    }
+    assert_eq!(v["stdoutBytes"], v["expectedStdoutBytes"]);
+    assert_eq!(v["expectedStdoutBytes"], 200 * 692);
+    assert_eq!(out.status.success(), v["flat"] == true, "{stderr}");
+    assert!(v["rss"]["flat"].is_boolean() && v["fds"]["flat"].is_boolean());
+}
