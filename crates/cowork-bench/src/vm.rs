@@ -7,7 +7,8 @@
 //! * spawn to exit of `/usr/bin/true` in a warm session VM;
 //! * idle CPU of QEMU over 30 s (after a settle);
 //! * host memory of an idle 256 MiB session VM: QEMU plus its virtiofsd
-//!   processes (and, apart, our guard processes).
+//!   processes (and, apart, our guard processes), as PSS: they share the
+//!   guest's memory, which a sum of RSS would count several times.
 //!
 //! The daemon gets the VM settings of the environment it runs in
 //! (`COWORK_VM_GUEST_DIR`, `COWORK_VM_VIRTIOFSD_BIN`, `COWORK_VM_ACCEL`)
@@ -69,11 +70,13 @@ fn descendants(root: u32) -> Vec<(u32, String, u64, u64)> {
         let ppid: u32 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         let cpu: u64 = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
             + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let rss = std::fs::read_to_string(e.path().join("status"))
+        // PSS, not RSS: QEMU and every virtiofsd map the same guest
+        // memory (memfd), which RSS would count once per process.
+        let rss = std::fs::read_to_string(e.path().join("smaps_rollup"))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .find_map(|l| l.strip_prefix("Pss:"))
                     .and_then(|v| v.split_whitespace().next()?.parse().ok())
             })
             .unwrap_or(0);
@@ -180,11 +183,11 @@ pub fn measure(target: &Target, args: &VmArgs) -> Result<BTreeMap<&'static str, 
             .sum()
     };
     m.insert(
-        "vm_idle_rss_qemu_virtiofsd_mib",
+        "vm_idle_pss_qemu_virtiofsd_mib",
         sum(&|c| c.starts_with("qemu-system") || c.starts_with("virtiofsd")),
     );
     m.insert(
-        "vm_idle_rss_guards_mib",
+        "vm_idle_pss_guards_mib",
         sum(&|c| c.starts_with("cowork-vm-ser")),
     );
     let _ = d.one_shot("stopVM", json!({}));

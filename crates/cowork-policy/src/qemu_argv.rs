@@ -232,7 +232,10 @@ pub fn qemu_argv(plan: &VmPlan<'_>) -> Vec<String> {
     push(&["-M", "microvm", "-global", "virtio-mmio.force-legacy=false"]);
     match plan.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        // The translation cache defaults to 1 GiB and grows with every
+        // new guest code path (measured: 207 MiB of anonymous memory
+        // after 100 spawns); 64 MiB holds a small guest's working set.
+        Accel::Tcg => push(&["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]),
     }
     let smp = plan.size.cpus.to_string();
     push(&["-smp", &smp]);
@@ -394,7 +397,7 @@ mod tests {
             "-global",
             "virtio-mmio.force-legacy=false",
             "-accel",
-            "tcg,thread=multi",
+            "tcg,thread=multi,tb-size=64",
             "-cpu",
             "max",
             "-smp",

@@ -154,6 +154,11 @@ pub struct GuestSetup {
     /// mounted there.
     #[serde(default)]
     pub home: String,
+    /// Directories to make before the shares are mounted (the session's
+    /// `/sessions/<s>/mnt`, the working directory of a spawn without
+    /// mounts).
+    #[serde(default)]
+    pub dirs: Vec<String>,
 }
 
 /// One virtiofs share as the guest mounts it.

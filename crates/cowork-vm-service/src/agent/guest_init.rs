@@ -230,6 +230,9 @@ fn read_setup(port: &OwnedFd) -> Result<GuestSetup, String> {
 }
 
 fn mount_shares(setup: &GuestSetup) -> Result<(), String> {
+    for dir in &setup.dirs {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+    }
     for share in &setup.shares {
         let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
         if share.read_only {

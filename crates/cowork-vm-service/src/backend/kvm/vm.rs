@@ -250,6 +250,10 @@ impl Vm {
             confine_plan: req.confine_plan.clone(),
             hostname: "cowork".into(),
             home: req.home.clone(),
+            dirs: req
+                .session
+                .map(|s| vec![cowork_policy::bwrap_argv::session_mnt(s)])
+                .unwrap_or_default(),
         };
         let frame = cowork_protocol::frame::encode(&ToAgent::Notification {
             method: method::GUEST_SETUP.into(),
