@@ -154,7 +154,10 @@ fn overrides_and_config_entries_are_reported() {
     );
     assert!(text.contains("[PASS] backend: kvm, a microVM"), "{text}");
     // A fresh home has no guest kernel: the KVM section says how to get one.
-    assert!(text.contains("[FAIL] guest kernel: no guest kernel in"), "{text}");
+    assert!(
+        text.contains("[FAIL] guest kernel: no guest kernel in"),
+        "{text}"
+    );
     assert!(text.contains("cowork-vm-service setup-vm"), "{text}");
     assert!(kvm.status.code().unwrap_or(0) >= 1);
 }
