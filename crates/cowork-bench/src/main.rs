@@ -71,7 +71,7 @@ struct Args {
     /// backend, --soak-spawns spawns with output across --soak-sessions
     /// sessions, then --soak-idle-secs idle, sampling RSS and descriptors;
     /// exits 1 unless both are flat (last sample within 10% of the first
-    /// after warm-up).
+    /// after --soak-warmup spawns).
     #[arg(long)]
     soak: bool,
     /// Spawns of the soak.
@@ -80,9 +80,14 @@ struct Args {
     /// Sessions (sandboxes) the soak's spawns go to, round robin.
     #[arg(long, default_value_t = 20)]
     soak_sessions: usize,
-    /// Spawns between two samples (the first interval is the warm-up).
+    /// Spawns between two samples.
     #[arg(long, default_value_t = 1000)]
     soak_sample_every: usize,
+    /// Spawns before the sample the soak's verdict starts from: every
+    /// sandbox started and the daemon's bounded table of exited processes
+    /// full (default: one more than its 4,096 entries).
+    #[arg(long, default_value_t = soak::EXITED_KEPT + 1)]
+    soak_warmup: usize,
     /// Idle time after the soak's spawns, before the last sample.
     #[arg(long, default_value_t = 30)]
     soak_idle_secs: u64,
@@ -123,6 +128,7 @@ impl Args {
             self.soak_spawns = 200;
             self.soak_sessions = 4;
             self.soak_sample_every = 50;
+            self.soak_warmup = 50;
             self.soak_idle_secs = 1;
         }
     }
@@ -387,6 +393,7 @@ fn run_soak(ours: &Target, args: &Args, bwrap: bool) -> Result<()> {
         spawns: args.soak_spawns,
         sessions: args.soak_sessions,
         sample_every: args.soak_sample_every,
+        warmup: args.soak_warmup,
         idle: Duration::from_secs(args.soak_idle_secs),
         window: args.soak_sessions,
     };

@@ -2,8 +2,14 @@
 //! sessions of one daemon, then an idle pause, with the daemon's resident
 //! memory, descriptors, threads and process tree sampled along the way.
 //! Both RSS and descriptors must come out flat: the last sample (after the
-//! idle pause) within 10% of the first one taken after the warm-up (the
-//! first `sample_every` spawns, which start every session's sandbox).
+//! idle pause) within 10% of the first one taken after the warm-up.
+//!
+//! The warm-up is the first `warmup` spawns: they start every session's
+//! sandbox and fill the daemon's bounded table of exited processes (it
+//! remembers the last [`EXITED_KEPT`] exit codes for `isProcessRunning`,
+//! about 1 MiB when full), so the default is one more than that bound.
+
+pub use cowork_vm_service::processes::EXITED_KEPT;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -25,6 +31,8 @@ pub struct SoakConfig {
     pub spawns: usize,
     pub sessions: usize,
     pub sample_every: usize,
+    /// Spawns before the first sample the verdict compares with.
+    pub warmup: usize,
     pub idle: Duration,
     /// Spawns in flight at once.
     pub window: usize,
@@ -84,7 +92,7 @@ impl Soak {
         let first = self
             .samples
             .iter()
-            .find(|s| s.spawns >= self.config.sample_every)?;
+            .find(|s| s.spawns >= self.config.warmup.max(1))?;
         Some((first, self.samples.last()?))
     }
 
@@ -108,12 +116,13 @@ impl Soak {
         let _ = writeln!(
             out,
             "soak: {} spawns with output ({} lines each) across {} bwrap sessions, {} in flight, \
-             then {} s idle",
+             then {} s idle; warm-up {} spawns",
             c.spawns,
             LINES,
             c.sessions,
             c.window,
-            c.idle.as_secs()
+            c.idle.as_secs(),
+            c.warmup
         );
         let _ = writeln!(
             out,
@@ -166,6 +175,7 @@ impl Soak {
             "spawns": self.config.spawns,
             "sessions": self.config.sessions,
             "sampleEvery": self.config.sample_every,
+            "warmup": self.config.warmup,
             "idleSeconds": self.config.idle.as_secs_f64(),
             "window": self.config.window,
             "samples": self.samples.iter().map(|s| json!({
@@ -293,6 +303,7 @@ mod tests {
                 spawns: 3000,
                 sessions: 2,
                 sample_every: 1000,
+                warmup: 1000,
                 idle: Duration::from_secs(1),
                 window: 2,
             },
@@ -330,6 +341,17 @@ mod tests {
         let leaked = soak(&[(0, 1000, 10), (1000, 5000, 60), (3000, 5000, 67)]);
         assert!(!leaked.fds().unwrap().flat);
         assert!(soak(&[(0, 1000, 10)]).rss().is_none());
+        // With a longer warm-up, the growth before it does not count.
+        let mut filling = soak(&[
+            (0, 1000, 10),
+            (1000, 5000, 60),
+            (2000, 6000, 60),
+            (3000, 6100, 60),
+        ]);
+        assert!(!filling.is_flat());
+        filling.config.warmup = 2000;
+        assert!(filling.is_flat(), "{}", filling.table());
+        assert_eq!(filling.rss().unwrap().first, 6000.0);
     }
 
     #[test]
