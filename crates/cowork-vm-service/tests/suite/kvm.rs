@@ -290,6 +290,31 @@ fn kvm_vm_runs_the_client_contract() {
         "the group's background sleep was killed too: {out:?}"
     );
 
+    // A mount added to the running session: a new VM generation (one
+    // boot); the new mount is there, the earlier ones too.
+    d.home_file("added/note.txt", "added later\n");
+    let mut more = mounts.clone();
+    more["added"] = json!({"path": d.subpath("added"), "mode": "ro"});
+    let started = Instant::now();
+    let out = sh(
+        &d,
+        "gen2",
+        "ls /sessions/s/mnt; cat /sessions/s/mnt/added/note.txt; cat /tmp/marker",
+        json!({"additionalMounts": more}),
+    );
+    eprintln!(
+        "kvm: spawn with an added mount took {:?} (a new generation)",
+        started.elapsed()
+    );
+    assert_eq!(
+        out.stdout, "added\nproj\nref\nadded later\npersisted\n",
+        "{out:?}"
+    );
+    assert!(
+        d.log().contains("VM generation"),
+        "the generation is logged"
+    );
+
     // stopVM powers the guest off.
     assert!(
         !helpers_of(&d, "qemu-system-x86_64").is_empty(),
