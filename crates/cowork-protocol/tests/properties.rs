@@ -1,13 +1,15 @@
 //! Properties of the wire parsers on generated inputs (proptest; the
 //! `cargo fuzz` targets in `fuzz/` explore the same code much longer):
 //! the frame codec, the request parser and method parameters, the agent
-//! messages, the fast output writer and the streaming UTF-8 decoder.
+//! messages, the fast output writer, the streaming UTF-8 decoder and the
+//! proxy-stream multiplexing of a VM's channel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
 use cowork_protocol::agent::{FromAgent, ToAgent};
 use cowork_protocol::frame::{self, HEADER_LEN, MAX_FRAME_LEN};
+use cowork_protocol::mux::{self, MuxError, StreamProtocol};
 use cowork_protocol::params::{self, METHODS};
 use cowork_protocol::rpc::parse_request;
 use cowork_protocol::text::Utf8Stream;
@@ -104,6 +106,49 @@ fn from_agent() -> impl Strategy<Value = FromAgent> {
         (any::<String>(), any::<String>())
             .prop_map(|(id, message)| FromAgent::Error { id, message }),
     ]
+}
+
+fn mux_frame() -> impl Strategy<Value = mux::Frame> {
+    let stream = 1u32..;
+    prop_oneof![
+        (stream.clone(), any::<bool>()).prop_map(|(stream, socks)| mux::Frame::Open {
+            stream,
+            protocol: if socks {
+                StreamProtocol::Socks5
+            } else {
+                StreamProtocol::Http
+            },
+        }),
+        (stream.clone(), prop::collection::vec(any::<u8>(), 1..200)).prop_map(|(stream, d)| {
+            mux::Frame::Data {
+                stream,
+                data: Bytes::from(d),
+            }
+        }),
+        (stream.clone(), 1u32..).prop_map(|(stream, bytes)| mux::Frame::Credit { stream, bytes }),
+        stream
+            .clone()
+            .prop_map(|stream| mux::Frame::Close { stream }),
+        stream.prop_map(|stream| mux::Frame::Reset { stream }),
+    ]
+}
+
+/// Multiplexed frames decoded from `pieces`, and the error that ended
+/// them.
+fn decode_mux(pieces: &[&[u8]]) -> (Vec<mux::Frame>, Option<MuxError>) {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        loop {
+            match mux::decode(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
 }
 
 /// Parses `value` with the dispatcher's parameter type of `method`.
@@ -255,6 +300,31 @@ proptest! {
         }
         prop_assert_eq!(got, want);
         prop_assert_eq!(p.env.unwrap().0, env);
+    }
+
+    /// Multiplexed stream frames come back whole, in order, however the
+    /// channel cuts them.
+    #[test]
+    fn mux_frames_round_trip_through_any_split(
+        frames in prop::collection::vec(mux_frame(), 0..8),
+        points in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            mux::encode(f, &mut wire).unwrap();
+        }
+        prop_assert_eq!(decode_mux(&split_at_points(&wire, &points)), (frames, None));
+    }
+
+    /// Arbitrary channel bytes never panic the mux decoder, and the
+    /// chunking does not change what it decodes or where it fails.
+    #[test]
+    fn mux_decoder_is_split_independent(
+        bytes in prop::collection::vec(any::<u8>(), 0..400),
+        points in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let whole = decode_mux(&[&bytes]);
+        prop_assert_eq!(decode_mux(&split_at_points(&bytes, &points)), whole);
     }
 
     /// Output decoded chunk by chunk is the text that was written, however
