@@ -151,7 +151,16 @@ pub fn plan_shares(session: &str, session_tmp: &Path, mounts: &[ShareMount]) -> 
 /// virtiofsd's working directory, `--shared-dir=.`: virtiofsd opens its
 /// root with `O_NOFOLLOW`, which refuses the magic link itself, so the
 /// caller starts it in that directory ([`pinned_cwd`]).
-pub fn virtiofsd_argv(share: &Share, socket: &Path) -> Vec<String> {
+///
+/// `owner` maps the guest user to the host owner of the session's files
+/// (`(guest uid, host uid, guest gid, host gid)`), for a daemon running as
+/// root whose guest user is not uid 0: it is applied to every share but
+/// the system trees, whose root-owned files stay root's in the guest.
+pub fn virtiofsd_argv(
+    share: &Share,
+    socket: &Path,
+    owner: Option<(u32, u32, u32, u32)>,
+) -> Vec<String> {
     let dir = match pinned_cwd(share) {
         Some(_) => ".".to_string(),
         None => share.host.display().to_string(),
@@ -168,6 +177,13 @@ pub fn virtiofsd_argv(share: &Share, socket: &Path) -> Vec<String> {
             out.push("--readonly".into());
         }
         MountMode::ReadWrite => out.push("--cache=auto".into()),
+    }
+    if let Some((guest_uid, host_uid, guest_gid, host_gid)) = owner
+        && share.tag != "usr"
+        && share.tag != "etc"
+    {
+        out.push(format!("--translate-uid=map:{guest_uid}:{host_uid}:1"));
+        out.push(format!("--translate-gid=map:{guest_gid}:{host_gid}:1"));
     }
     out
 }
@@ -329,7 +345,7 @@ mod tests {
         let s = shares();
         let sock = Path::new("/run/vm/fs.sock");
         assert_eq!(
-            virtiofsd_argv(&s[4], sock),
+            virtiofsd_argv(&s[4], sock, None),
             [
                 "--socket-path=/run/vm/fs.sock",
                 "--shared-dir=.",
@@ -341,10 +357,21 @@ mod tests {
         );
         assert_eq!(pinned_cwd(&s[4]), Some(Path::new("/proc/self/fd/8")));
         assert_eq!(pinned_cwd(&s[0]), None);
-        assert!(virtiofsd_argv(&s[0], sock).contains(&"--shared-dir=/usr".to_string()));
-        let rw = virtiofsd_argv(&s[3], sock);
+        assert!(virtiofsd_argv(&s[0], sock, None).contains(&"--shared-dir=/usr".to_string()));
+        let rw = virtiofsd_argv(&s[3], sock, None);
         assert!(!rw.contains(&"--readonly".to_string()), "{rw:?}");
         assert!(rw.contains(&"--cache=auto".to_string()));
+        // A root daemon's guest user owns the session's files as root.
+        let owned = virtiofsd_argv(&s[3], sock, Some((1000, 0, 1000, 0)));
+        assert!(owned.ends_with(&[
+            "--translate-uid=map:1000:0:1".to_string(),
+            "--translate-gid=map:1000:0:1".to_string()
+        ]));
+        let system = virtiofsd_argv(&s[0], sock, Some((1000, 0, 1000, 0)));
+        assert!(
+            !system.iter().any(|a| a.starts_with("--translate")),
+            "{system:?}"
+        );
     }
 
     #[test]

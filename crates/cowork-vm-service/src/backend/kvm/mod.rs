@@ -444,6 +444,7 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         runtime_dir: settings.runtime_dir.clone(),
         uid,
         gid,
+        owner: (rustix::process::getuid().is_root()).then_some((uid, 0, gid, 0)),
     };
     let accel = choose_accel(&env, &settings.home, &image.version).await;
     tracing::info!(

@@ -50,6 +50,9 @@ pub struct VmEnv {
     /// The unprivileged guest user (the daemon's uid, or 1000 for root).
     pub uid: u32,
     pub gid: u32,
+    /// A root daemon's guest user owns the session's files as root (see
+    /// `virtiofsd_argv`).
+    pub owner: Option<(u32, u32, u32, u32)>,
 }
 
 /// What one VM is booted for.
@@ -184,7 +187,7 @@ impl Vm {
                 .and_then(|n| n.parse::<i32>().ok());
             let helper = Guarded {
                 program: env.virtiofsd.clone(),
-                args: virtiofsd_argv(share, &socket),
+                args: virtiofsd_argv(share, &socket, env.owner),
                 pass: Vec::new(),
                 // A pinned folder is served as the helper's working
                 // directory (virtiofsd opens its root without following
