@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::harness::{
-    Client, Daemon, Options, Outcome, collect, eventually, require_unprivileged_user, run_in,
+    Client, Daemon, Options, Outcome, collect, eventually, require_unprivileged_user,
 };
 
 /// Where scripts/test.sh prepares the guest (overridable).
@@ -67,8 +67,38 @@ fn start() -> Daemon {
     })
 }
 
+/// How long a call may take here: `startVM` and a session's first spawn
+/// boot a VM, which a loaded CI machine may take well over the harness's
+/// 20 s read timeout to do (the daemon's own limit is 60 s).
+const SLOW_CALL: Duration = Duration::from_secs(90);
+
+/// `Daemon::call` with [`SLOW_CALL`].
+fn call_slow(d: &Daemon, method: &str, params: Value) -> Value {
+    let mut c = d.connect();
+    c.stream.set_read_timeout(Some(SLOW_CALL)).unwrap();
+    c.call(method, params)
+}
+
+/// `harness::run_in` with [`SLOW_CALL`] for the spawn.
+fn run_vm(d: &Daemon, session: &str, id: &str, argv: &[&str], extra: Value) -> Outcome {
+    let mut events = d.connect();
+    events.subscribe();
+    let mut params = json!({
+        "id": id,
+        "name": session,
+        "command": argv[0],
+        "args": argv[1..],
+        "isResume": false,
+    });
+    if let (Value::Object(p), Value::Object(x)) = (&mut params, extra) {
+        p.extend(x);
+    }
+    call_slow(d, "spawn", params);
+    collect(&mut events, id, Duration::from_secs(30))
+}
+
 fn sh(d: &Daemon, id: &str, script: &str, extra: Value) -> Outcome {
-    run_in(d, "s", id, &["/bin/sh", "-c", script], extra)
+    run_vm(d, "s", id, &["/bin/sh", "-c", script], extra)
 }
 
 /// Processes (pid, command line) whose command line mentions `needle` and
@@ -94,7 +124,7 @@ fn helpers_of(d: &Daemon, needle: &str) -> Vec<(i32, String)> {
 /// `startVM` with a subscription: returns the events it produced.
 fn start_vm(d: &Daemon, events: &mut Client) -> Vec<Value> {
     let started = Instant::now();
-    d.call("startVM", json!({"memoryGB": 1, "cpuCount": 1}));
+    call_slow(&d, "startVM", json!({"memoryGB": 1, "cpuCount": 1}));
     eprintln!("kvm: startVM returned after {:?}", started.elapsed());
     let mut seen = Vec::new();
     // Everything startVM emitted is queued before its reply.
@@ -152,9 +182,12 @@ fn kvm_vm_runs_the_client_contract() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(steps, want, "events: {seen:?}");
-    assert_eq!(d.call("isGuestConnected", json!({}))["connected"], true);
-    assert_eq!(d.call("isRunning", json!({}))["running"], true);
-    let info = d.call("getDaemonInfo", json!({}));
+    assert_eq!(
+        call_slow(&d, "isGuestConnected", json!({}))["connected"],
+        true
+    );
+    assert_eq!(call_slow(&d, "isRunning", json!({}))["running"], true);
+    let info = call_slow(&d, "getDaemonInfo", json!({}));
     assert_eq!(info["backend"], "kvm", "{info}");
     let warnings = info["warnings"].to_string();
     assert!(warnings.contains("VM accelerator: tcg"), "{info}");
@@ -248,12 +281,14 @@ fn kvm_vm_runs_the_client_contract() {
     // stdin.
     let mut sub = d.connect();
     sub.subscribe();
-    d.call(
+    call_slow(
+        &d,
         "spawn",
         json!({"id": "cat", "name": "s", "command": "/bin/cat", "args": [], "additionalMounts": mounts}),
     );
-    d.call("writeStdin", json!({"id": "cat", "data": "one "}));
-    d.call(
+    call_slow(&d, "writeStdin", json!({"id": "cat", "data": "one "}));
+    call_slow(
+        &d,
         "writeStdin",
         json!({"id": "cat", "data": "two\n", "eof": true}),
     );
@@ -267,7 +302,8 @@ fn kvm_vm_runs_the_client_contract() {
     // kill signals the whole process group.
     let mut sub = d.connect();
     sub.subscribe();
-    d.call(
+    call_slow(
+        &d,
         "spawn",
         json!({"id": "group", "name": "s", "command": "/bin/sh",
                "args": ["-c", "sleep 600 & echo started; wait"], "additionalMounts": mounts}),
@@ -275,7 +311,7 @@ fn kvm_vm_runs_the_client_contract() {
     sub.wait_event(Duration::from_secs(30), |e| {
         e["id"] == "group" && e["type"] == "stdout"
     });
-    d.call("kill", json!({"id": "group", "signal": "SIGKILL"}));
+    call_slow(&d, "kill", json!({"id": "group", "signal": "SIGKILL"}));
     let out = collect(&mut sub, "group", Duration::from_secs(30));
     assert_eq!(out.signal.as_deref(), Some("SIGKILL"), "{out:?}");
     let out = sh(
@@ -320,8 +356,11 @@ fn kvm_vm_runs_the_client_contract() {
         !helpers_of(&d, "qemu-system-x86_64").is_empty(),
         "a VM runs"
     );
-    d.call("stopVM", json!({}));
-    assert_eq!(d.call("isGuestConnected", json!({}))["connected"], false);
+    call_slow(&d, "stopVM", json!({}));
+    assert_eq!(
+        call_slow(&d, "isGuestConnected", json!({}))["connected"],
+        false
+    );
     eventually(
         Duration::from_secs(10),
         "QEMU and virtiofsd gone after stopVM",
@@ -371,7 +410,7 @@ fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
     let extra = json!({"additionalMounts": mounts, "allowedDomains": ["127.0.0.2"]});
     let mut events = d.connect();
     events.subscribe();
-    d.call("startVM", json!({}));
+    call_slow(&d, "startVM", json!({}));
 
     // The guest has no network device; its only way out is the proxy,
     // carried over the channel, under the spawn's allowlist.
@@ -383,7 +422,7 @@ fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
          echo direct=$(curl -s --max-time 3 --noproxy '*' http://{allowed}/ || echo failed); \
          env | grep -c '^HTTPS_PROXY=http://127.0.0.1:3128$'"
     );
-    let out = run_in(&d, "s", "net", &["/bin/sh", "-c", &script], extra.clone());
+    let out = run_vm(&d, "s", "net", &["/bin/sh", "-c", &script], extra.clone());
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(
         lines,
@@ -399,7 +438,8 @@ fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
     );
     let mut sub = d.connect();
     sub.subscribe();
-    d.call(
+    call_slow(
+        &d,
         "spawn",
         json!({"id": "long", "name": "s", "command": "/bin/sh",
                "args": ["-c", "echo up; sleep 600"], "additionalMounts": mounts,
@@ -433,7 +473,7 @@ fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
             .any(|(p, _)| *p == qemus[0].0),
         "the frozen QEMU was killed"
     );
-    let out = run_in(&d, "s", "after", &["/bin/echo", "again"], extra);
+    let out = run_vm(&d, "s", "after", &["/bin/echo", "again"], extra);
     assert_eq!(
         (out.stdout.as_str(), out.exit_code),
         ("again\n", Some(0)),
