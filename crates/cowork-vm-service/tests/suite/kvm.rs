@@ -124,7 +124,7 @@ fn helpers_of(d: &Daemon, needle: &str) -> Vec<(i32, String)> {
 /// `startVM` with a subscription: returns the events it produced.
 fn start_vm(d: &Daemon, events: &mut Client) -> Vec<Value> {
     let started = Instant::now();
-    call_slow(&d, "startVM", json!({"memoryGB": 1, "cpuCount": 1}));
+    call_slow(d, "startVM", json!({"memoryGB": 1, "cpuCount": 1}));
     eprintln!("kvm: startVM returned after {:?}", started.elapsed());
     let mut seen = Vec::new();
     // Everything startVM emitted is queued before its reply.
