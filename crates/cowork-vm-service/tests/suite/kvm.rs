@@ -45,6 +45,23 @@ fn virtiofsd() -> PathBuf {
     PathBuf::from(bin)
 }
 
+/// Held by a test while its VMs run: one test's VMs at a time (across
+/// test processes too, for nextest), so TCG keeps at most about one core
+/// of the CI machine busy and the suite's timing-sensitive tests are not
+/// starved.
+struct VmSlot(#[allow(dead_code)] std::fs::File);
+
+fn vm_slot() -> VmSlot {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/cowork-test-vm.lock")
+        .unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    VmSlot(file)
+}
+
 fn start() -> Daemon {
     let (guest, vfsd) = (guest_dir(), virtiofsd());
     // The initramfs is built once per test binary, not per daemon (each
@@ -149,6 +166,7 @@ impl TryRecvFor for Client {
 
 #[test]
 fn kvm_vm_runs_the_client_contract() {
+    let _slot = vm_slot();
     let d = start();
     d.home_file("secret.txt", "host secret\n");
     d.home_dir("proj");
@@ -402,6 +420,7 @@ fn upstream(ip: &str, body: &'static str) -> std::net::SocketAddr {
 
 #[test]
 fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
+    let _slot = vm_slot();
     let mut d = start();
     d.home_dir("w");
     let mounts = json!({"w": {"path": d.subpath("w"), "mode": "rw"}});
