@@ -263,6 +263,16 @@ fn kvm_vm_runs_the_client_contract() {
         "a rw mount's writes reach the host"
     );
 
+    // The guest's agent confined itself as bwrap's does, and says how far
+    // the guest kernel goes (Debian 6.1: Landlock ABI 2 of the 7 wanted).
+    let info = call_slow(&d, "getDaemonInfo", json!({}));
+    let confinement = &info["confinement"];
+    assert_eq!(confinement["seccomp"]["installed"], true, "{info}");
+    assert!(
+        confinement["landlock"]["kernel_abi"].as_u64().unwrap_or(0) >= 1,
+        "{info}"
+    );
+
     // /tmp persists across spawns (and is the session's own directory).
     let out = sh(
         &d,
