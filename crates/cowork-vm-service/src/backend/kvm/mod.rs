@@ -434,6 +434,7 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         0 => (1000, 1000),
         uid => (uid, rustix::process::getgid().as_raw()),
     };
+    vm::remove_stale_dirs(&settings.runtime_dir);
     let env = VmEnv {
         qemu,
         virtiofsd,

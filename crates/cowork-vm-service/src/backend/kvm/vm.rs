@@ -108,6 +108,29 @@ fn log_stderr(child: &mut tokio::process::Child, what: String) {
     }
 }
 
+/// Removes the VM directories (sockets, console logs) of daemons that no
+/// longer run: a daemon killed with SIGKILL leaves its own behind.
+pub fn remove_stale_dirs(runtime_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(runtime_dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("vm-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Opens `path` without following symlinks and names it as the
 /// helper will see it.
 fn pin(held: &mut Vec<OwnedFd>, path: &Path, what: &str) -> Result<PathBuf, String> {
@@ -131,7 +154,7 @@ impl Vm {
         std::fs::create_dir_all(&env.runtime_dir)
             .map_err(|e| format!("creating {}: {e}", env.runtime_dir.display()))?;
         let dir = tempfile::Builder::new()
-            .prefix(&format!("vm{}-", req.generation))
+            .prefix(&format!("vm-{}-{}-", std::process::id(), req.generation))
             .tempdir_in(&env.runtime_dir)
             .map_err(|e| format!("VM directory: {e}"))?;
         let console = dir.path().join("console.log");
@@ -416,5 +439,25 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_daemons_vm_dirs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join(format!("vm-{}-1-abc", std::process::id()));
+        let dead = dir.path().join("vm-999999999-3-xyz");
+        let other = dir.path().join("unrelated");
+        for d in [&ours, &dead, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(dead.join("fs0.sock"), b"").unwrap();
+        remove_stale_dirs(dir.path());
+        assert!(ours.exists() && other.exists());
+        assert!(!dead.exists());
     }
 }
