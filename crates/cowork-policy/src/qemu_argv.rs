@@ -141,9 +141,11 @@ pub fn plan_shares(session: &str, session_tmp: &Path, mounts: &[ShareMount]) -> 
 
 /// The virtiofsd arguments for one share (without the program).
 ///
-/// `--sandbox none`: it runs as the daemon's unprivileged user, which can
-/// make no namespaces of its own here (bwrap's are the daemon's only
-/// ones); it serves one directory it opened itself and gets nothing else.
+/// Sandbox: [`VirtiofsdSandbox::Namespace`] where the host lets it make a
+/// user namespace (virtiofsd then pivots into the shared directory, so a
+/// bug cannot reach the rest of the host), mapping only the daemon's own
+/// ids; else `--sandbox none`: it still serves one directory it opened
+/// itself, resolving every name beneath it without following links.
 /// `--cache always` for read-only shares (measured: `auto` made repeated
 /// execs slower), `auto` for writable ones so host-side changes show.
 ///
@@ -160,6 +162,7 @@ pub fn virtiofsd_argv(
     share: &Share,
     socket: &Path,
     owner: Option<(u32, u32, u32, u32)>,
+    sandbox: VirtiofsdSandbox,
 ) -> Vec<String> {
     let dir = match pinned_cwd(share) {
         Some(_) => ".".to_string(),
@@ -168,9 +171,16 @@ pub fn virtiofsd_argv(
     let mut out = vec![
         format!("--socket-path={}", socket.display()),
         format!("--shared-dir={dir}"),
-        "--sandbox=none".to_string(),
-        "--log-level=error".to_string(),
     ];
+    match sandbox {
+        VirtiofsdSandbox::None => out.push("--sandbox=none".into()),
+        VirtiofsdSandbox::Namespace { uid, gid } => {
+            out.push("--sandbox=namespace".into());
+            out.push(format!("--uid-map=:{uid}:{uid}:1:"));
+            out.push(format!("--gid-map=:{gid}:{gid}:1:"));
+        }
+    }
+    out.push("--log-level=error".into());
     match share.mode {
         MountMode::ReadOnly => {
             out.push("--cache=always".into());
@@ -186,6 +196,16 @@ pub fn virtiofsd_argv(
         out.push(format!("--translate-gid=map:{guest_gid}:{host_gid}:1"));
     }
     out
+}
+
+/// How each virtiofsd is confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtiofsdSandbox {
+    /// No namespace (the host allows no unprivileged user namespaces).
+    None,
+    /// Its own user and mount namespace, pivoted into the shared
+    /// directory; `uid`/`gid` (the daemon's) are the only ids mapped.
+    Namespace { uid: u32, gid: u32 },
 }
 
 /// The directory virtiofsd must be started in for a pinned share.
@@ -345,7 +365,7 @@ mod tests {
         let s = shares();
         let sock = Path::new("/run/vm/fs.sock");
         assert_eq!(
-            virtiofsd_argv(&s[4], sock, None),
+            virtiofsd_argv(&s[4], sock, None, VirtiofsdSandbox::None),
             [
                 "--socket-path=/run/vm/fs.sock",
                 "--shared-dir=.",
@@ -357,17 +377,47 @@ mod tests {
         );
         assert_eq!(pinned_cwd(&s[4]), Some(Path::new("/proc/self/fd/8")));
         assert_eq!(pinned_cwd(&s[0]), None);
-        assert!(virtiofsd_argv(&s[0], sock, None).contains(&"--shared-dir=/usr".to_string()));
-        let rw = virtiofsd_argv(&s[3], sock, None);
+        assert!(
+            virtiofsd_argv(&s[0], sock, None, VirtiofsdSandbox::None)
+                .contains(&"--shared-dir=/usr".to_string())
+        );
+        let rw = virtiofsd_argv(&s[3], sock, None, VirtiofsdSandbox::None);
         assert!(!rw.contains(&"--readonly".to_string()), "{rw:?}");
         assert!(rw.contains(&"--cache=auto".to_string()));
         // A root daemon's guest user owns the session's files as root.
-        let owned = virtiofsd_argv(&s[3], sock, Some((1000, 0, 1000, 0)));
+        let owned = virtiofsd_argv(
+            &s[3],
+            sock,
+            Some((1000, 0, 1000, 0)),
+            VirtiofsdSandbox::None,
+        );
         assert!(owned.ends_with(&[
             "--translate-uid=map:1000:0:1".to_string(),
             "--translate-gid=map:1000:0:1".to_string()
         ]));
-        let system = virtiofsd_argv(&s[0], sock, Some((1000, 0, 1000, 0)));
+        let system = virtiofsd_argv(
+            &s[0],
+            sock,
+            Some((1000, 0, 1000, 0)),
+            VirtiofsdSandbox::None,
+        );
+        let boxed = virtiofsd_argv(
+            &s[3],
+            sock,
+            None,
+            VirtiofsdSandbox::Namespace {
+                uid: 1001,
+                gid: 1002,
+            },
+        );
+        for want in [
+            "--sandbox=namespace",
+            "--uid-map=:1001:1001:1:",
+            "--gid-map=:1002:1002:1:",
+        ] {
+            assert!(boxed.contains(&want.to_string()), "{boxed:?}");
+        }
+        assert!(!boxed.contains(&"--sandbox=none".to_string()));
         assert!(
             !system.iter().any(|a| a.starts_with("--translate")),
             "{system:?}"

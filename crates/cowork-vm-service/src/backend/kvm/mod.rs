@@ -41,7 +41,7 @@ use cowork_policy::confine::limits::SessionLimits;
 use cowork_policy::fs_view::FsView;
 use cowork_policy::mounts::{MountMap, MountMode};
 use cowork_policy::net::{AllowList, AllowListKey, proxy_env};
-use cowork_policy::qemu_argv::{Accel, VmSize};
+use cowork_policy::qemu_argv::{Accel, VirtiofsdSandbox, VmSize};
 use cowork_policy::selection::BackendKind;
 use cowork_protocol::agent::{AgentStatus, SpawnRequest, method};
 use cowork_protocol::event::{Event, NetworkStatus};
@@ -435,6 +435,13 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         uid => (uid, rustix::process::getgid().as_raw()),
     };
     vm::remove_stale_dirs(&settings.runtime_dir);
+    let virtiofsd_sandbox = {
+        let bin = virtiofsd.clone();
+        tokio::task::spawn_blocking(move || virtiofsd_sandbox(&bin))
+            .await
+            .unwrap_or(VirtiofsdSandbox::None)
+    };
+    tracing::info!("kvm backend: virtiofsd sandbox {virtiofsd_sandbox:?}");
     let env = VmEnv {
         qemu,
         virtiofsd,
@@ -446,6 +453,7 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         uid,
         gid,
         owner: (rustix::process::getuid().is_root()).then_some((uid, 0, gid, 0)),
+        virtiofsd_sandbox,
     };
     let accel = choose_accel(&env, &settings.home, &image.version).await;
     tracing::info!(
@@ -460,6 +468,55 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         accel,
         layout: host_layout(&RealFs),
     })
+}
+
+/// [`VirtiofsdSandbox::Namespace`] when a virtiofsd in its own user
+/// namespace starts here (it needs unprivileged user namespaces, like
+/// bwrap), else none.
+fn virtiofsd_sandbox(bin: &Path) -> VirtiofsdSandbox {
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    let wanted = VirtiofsdSandbox::Namespace { uid, gid };
+    let Ok(dir) = tempfile::tempdir() else {
+        return VirtiofsdSandbox::None;
+    };
+    let share = cowork_policy::qemu_argv::Share {
+        tag: "probe".into(),
+        host: dir.path().to_path_buf(),
+        guest: "/".into(),
+        mode: MountMode::ReadOnly,
+    };
+    let socket = dir.path().join("probe.sock");
+    let child = std::process::Command::new(bin)
+        .args(cowork_policy::qemu_argv::virtiofsd_argv(
+            &share, &socket, None, wanted,
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return VirtiofsdSandbox::None;
+    };
+    // The socket is made before the sandbox is entered, and a failing
+    // sandbox ends virtiofsd at once: alive a moment after its socket
+    // exists means the namespace works.
+    let start = std::time::Instant::now();
+    let ok = loop {
+        if socket.exists() {
+            std::thread::sleep(Duration::from_millis(150));
+            break matches!(child.try_wait(), Ok(None));
+        }
+        if !matches!(child.try_wait(), Ok(None)) || start.elapsed() > Duration::from_secs(2) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    if ok { wanted } else { VirtiofsdSandbox::None }
 }
 
 /// Whether `bin` is QEMU's C virtiofsd (`virtiofsd version 7.2...`), not

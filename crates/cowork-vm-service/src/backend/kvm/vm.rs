@@ -53,6 +53,7 @@ pub struct VmEnv {
     /// A root daemon's guest user owns the session's files as root (see
     /// `virtiofsd_argv`).
     pub owner: Option<(u32, u32, u32, u32)>,
+    pub virtiofsd_sandbox: cowork_policy::qemu_argv::VirtiofsdSandbox,
 }
 
 /// What one VM is booted for.
@@ -210,7 +211,7 @@ impl Vm {
                 .and_then(|n| n.parse::<i32>().ok());
             let helper = Guarded {
                 program: env.virtiofsd.clone(),
-                args: virtiofsd_argv(share, &socket, env.owner),
+                args: virtiofsd_argv(share, &socket, env.owner, env.virtiofsd_sandbox),
                 pass: Vec::new(),
                 // A pinned folder is served as the helper's working
                 // directory (virtiofsd opens its root without following
