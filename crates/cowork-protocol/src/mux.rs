@@ -372,6 +372,33 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_and_never_loop() {
+        // A small xorshift: deterministic "random" channels.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..2000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 3 == 0 && !bytes.is_empty() {
+                bytes[0] = (next() % 6) as u8; // a plausible kind
+            }
+            let mut src = BytesMut::from(&bytes[..]);
+            let mut frames = 0;
+            while let Ok(Some(f)) = decode(&mut src) {
+                let mut re = BytesMut::new();
+                encode(&f, &mut re).expect("a decoded frame encodes");
+                frames += 1;
+                assert!(frames <= len, "progress on every frame");
+            }
+        }
+    }
+
+    #[test]
     fn a_partial_header_or_payload_waits() {
         let mut wire = BytesMut::new();
         encode(&Frame::Close { stream: 3 }, &mut wire).unwrap();
