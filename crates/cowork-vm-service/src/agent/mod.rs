@@ -1,5 +1,7 @@
-//! The agent: pid 1 of a session sandbox (and, later, init of the VM), and
-//! the parent of every process of the host backend.
+//! The agent: pid 1 of a session sandbox, the agent of the `kvm` backend's
+//! VM (forked by its init, `guest_init`, and serving a virtio-serial port:
+//! [`AgentMode::Guest`]), and the parent of every process of the host
+//! backend.
 //!
 //! It serves one framed channel to the daemon (a socketpair end inherited
 //! through bwrap): `spawn`, `kill`, `status` requests and `stdin`
