@@ -418,7 +418,9 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
         .and_then(std::fs::canonicalize)
         .map_err(|e| format!("cannot locate this executable for the guest's init: {e}"))?;
     let dir = guest::guest_dir(&settings.home);
-    let (image, initrd, tsc) = {
+    // The guest image, the TSC and the virtiofsd sandbox probe at once
+    // (each takes tens of milliseconds; the first startVM waits for all).
+    let prepared = {
         let dir = dir.clone();
         let agent = self_binary.clone();
         tokio::task::spawn_blocking(move || {
@@ -427,20 +429,19 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
             let initrd = initramfs::cached(&agent, &image, &cache).map_err(|e| e.to_string())?;
             Ok::<_, String>((image, initrd, accel::host_tsc_khz()))
         })
-        .await
-        .map_err(|e| e.to_string())??
     };
+    let sandbox = {
+        let bin = virtiofsd.clone();
+        tokio::task::spawn_blocking(move || virtiofsd_sandbox(&bin))
+    };
+    let (prepared, sandbox) = tokio::join!(prepared, sandbox);
+    let (image, initrd, tsc) = prepared.map_err(|e| e.to_string())??;
+    let virtiofsd_sandbox = sandbox.unwrap_or(VirtiofsdSandbox::None);
     let (uid, gid) = match rustix::process::getuid().as_raw() {
         0 => (1000, 1000),
         uid => (uid, rustix::process::getgid().as_raw()),
     };
     vm::remove_stale_dirs(&settings.runtime_dir);
-    let virtiofsd_sandbox = {
-        let bin = virtiofsd.clone();
-        tokio::task::spawn_blocking(move || virtiofsd_sandbox(&bin))
-            .await
-            .unwrap_or(VirtiofsdSandbox::None)
-    };
     tracing::info!("kvm backend: virtiofsd sandbox {virtiofsd_sandbox:?}");
     let env = VmEnv {
         qemu,
