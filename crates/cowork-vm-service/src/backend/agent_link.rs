@@ -91,6 +91,13 @@ pub struct AgentLink {
     confinement: Mutex<Option<Value>>,
     next_id: AtomicU64,
     alive: AtomicBool,
+    /// Frames received from the agent so far (liveness: a busy agent's
+    /// answers may queue behind its output, but its frames keep coming).
+    received: AtomicU64,
+    /// The reader is handing a frame on (an output event waits for room in
+    /// the subscribers' queues): meanwhile nothing more is read, whatever
+    /// the agent does.
+    delivering: AtomicBool,
     state: Mutex<LinkState>,
 }
 
@@ -116,6 +123,8 @@ impl AgentLink {
             confinement: Mutex::new(None),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
+            received: AtomicU64::new(0),
+            delivering: AtomicBool::new(false),
             state: Mutex::new(LinkState {
                 pending: HashMap::new(),
                 running: HashMap::new(),
@@ -138,8 +147,13 @@ impl AgentLink {
             }
             let mut frames = FramedRead::new(read_half, frame::codec());
             while let Some(Ok(body)) = frames.next().await {
+                reader.received.fetch_add(1, Ordering::Relaxed);
                 match serde_json::from_slice::<FromAgent>(&body) {
-                    Ok(message) => reader.dispatch(message, &events).await,
+                    Ok(message) => {
+                        reader.delivering.store(true, Ordering::Relaxed);
+                        reader.dispatch(message, &events).await;
+                        reader.delivering.store(false, Ordering::Relaxed);
+                    }
                     Err(e) => tracing::warn!("sandbox agent sent a malformed frame: {e}"),
                 }
             }
@@ -163,6 +177,16 @@ impl AgentLink {
 
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    /// What a late answer says about the agent: how many frames it has
+    /// sent so far, and whether the daemon is itself holding up reading
+    /// (see the kvm heartbeat).
+    pub fn progress(&self) -> LinkProgress {
+        LinkProgress {
+            frames: self.received.load(Ordering::Relaxed),
+            delivering: self.delivering.load(Ordering::Relaxed),
+        }
     }
 
     /// Marks `id` as a process of this sandbox (before asking for it).
@@ -373,6 +397,22 @@ impl AgentLink {
     }
 }
 
+/// See [`AgentLink::progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkProgress {
+    pub frames: u64,
+    pub delivering: bool,
+}
+
+impl LinkProgress {
+    /// Whether an agent that did not answer in time since `before` is
+    /// still to be taken as alive: frames kept arriving, or the daemon was
+    /// not reading (an output event waiting for a slow subscriber).
+    pub fn alive_since(self, before: LinkProgress) -> bool {
+        self.frames != before.frames || self.delivering
+    }
+}
+
 /// What a sandbox's link does besides requests and events.
 #[derive(Default)]
 pub struct LinkOptions {
@@ -496,6 +536,26 @@ impl ProcessControl for AgentProcess {
             Ok(_) => Ok(()),
             Err(LinkError::Refused { .. }) => Err(ControlError::StdinClosed(self.id.clone())),
             Err(_) => Err(ControlError::SandboxGone(self.id.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkProgress;
+
+    #[test]
+    fn a_late_answer_counts_as_missed_only_from_a_silent_agent_the_daemon_was_reading() {
+        let at = |frames, delivering| LinkProgress { frames, delivering };
+        let cases = [
+            // (before, now, alive)
+            (at(10, false), at(10, false), false), // silent: a missed beat
+            (at(10, false), at(11, false), true),  // output kept coming
+            (at(10, false), at(10, true), true),   // the daemon held up reading
+            (at(10, true), at(10, false), false),  // held up earlier, silent now
+        ];
+        for (before, now, alive) in cases {
+            assert_eq!(now.alive_since(before), alive, "{before:?} -> {now:?}");
         }
     }
 }

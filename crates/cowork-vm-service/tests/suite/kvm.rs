@@ -306,6 +306,28 @@ fn kvm_vm_runs_the_client_contract() {
         "{out:?}"
     );
 
+    // Output for longer than three heartbeats: the agent's answers queue
+    // behind its output, and the VM must not be taken for hung (restarting
+    // it would kill the process).
+    let out = sh(
+        &d,
+        "flood",
+        "timeout 9 yes; echo rc=$?",
+        json!({"additionalMounts": mounts}),
+    );
+    let tail = &out.stdout[out.stdout.len().saturating_sub(16)..];
+    assert_eq!(
+        (
+            out.exit_code,
+            out.signal.as_deref(),
+            tail.ends_with("y\nrc=124\n")
+        ),
+        (Some(0), None, true),
+        "the flood runs to its end: {} bytes of stdout ending {tail:?}, stderr {:?}",
+        out.stdout.len(),
+        out.stderr
+    );
+
     // stdin.
     let mut sub = d.connect();
     sub.subscribe();

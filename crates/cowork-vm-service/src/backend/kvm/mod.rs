@@ -15,7 +15,10 @@
 //! `COWORK_VM_IDLE_TIMEOUT_SECS`.
 //!
 //! Heartbeat: each VM's agent is asked for its status every 2 s; after 3
-//! missed beats the VM is killed (its processes get `exit` events with
+//! missed beats (no answer and no other frame from the agent in time, while
+//! the daemon was reading: an agent flooding output answers late but is not
+//! hung) the VM is killed
+//! (its processes get `exit` events with
 //! SIGKILL), `networkStatus` goes `disconnected`, a new VM is booted for
 //! the session and `networkStatus` goes `connected` again.
 
@@ -632,9 +635,13 @@ async fn heartbeat(
         }
         // An answer must come before the next beat is due.
         let wait = HEARTBEAT - Duration::from_millis(100);
+        let before = current.link.progress();
         let beat = tokio::time::timeout(wait, current.link.request(method::STATUS, json!({})));
         match beat.await {
             Ok(Ok(_)) => missed = 0,
+            // A late answer from an agent whose frames keep coming is busy
+            // forwarding output (the answer queues behind it), not hung.
+            Err(_) if current.link.progress().alive_since(before) => missed = 0,
             _ => {
                 missed += 1;
                 tracing::warn!(
