@@ -20,6 +20,9 @@ use super::harness::{
 
 /// Where scripts/test.sh prepares the guest (overridable).
 const GUEST_DIR: &str = "/var/cache/cowork-vm-service-tests/guest";
+/// The tests' XDG_CACHE_HOME (the initramfs is built once per test binary,
+/// not per daemon: each test daemon has a fresh HOME).
+const VM_CACHE: &str = "/tmp/cowork-test-vm-cache";
 const VIRTIOFSD: &str = "/var/cache/cowork-vm-service-tests/virtiofsd/bin/virtiofsd";
 
 fn guest_dir() -> PathBuf {
@@ -64,9 +67,7 @@ fn vm_slot() -> VmSlot {
 
 fn start() -> Daemon {
     let (guest, vfsd) = (guest_dir(), virtiofsd());
-    // The initramfs is built once per test binary, not per daemon (each
-    // test daemon has a fresh HOME).
-    let cache = Path::new("/tmp/cowork-test-vm-cache");
+    let cache = Path::new(VM_CACHE);
     let user = require_unprivileged_user();
     std::fs::create_dir_all(cache).unwrap();
     if let Some(u) = &user {
@@ -503,6 +504,12 @@ fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
     eventually(Duration::from_secs(10), "startVM's VM retired", || {
         helpers_of(&d, "qemu-system-x86_64").len() == 1
     });
+    // Meanwhile a daemon of another version, sharing the cache, replaced
+    // the initramfs with its own: the restart must not need ours on disk.
+    let archives = Path::new(VM_CACHE).join("cowork-vm-service/guest/initramfs");
+    for entry in std::fs::read_dir(&archives).unwrap().flatten() {
+        std::fs::remove_file(entry.path()).unwrap();
+    }
     let qemus = helpers_of(&d, "qemu-system-x86_64");
     let frozen = rustix::process::Pid::from_raw(qemus[0].0).unwrap();
     rustix::process::kill_process(frozen, rustix::process::Signal::STOP).unwrap();

@@ -263,6 +263,34 @@ pub fn build(agent: &Path, image: &GuestImage, scratch: &Path) -> Result<Vec<u8>
     Ok(cpio.finish())
 }
 
+/// The initramfs of a daemon's VMs, found again at every boot: the cache
+/// is shared by every daemon of the user's, and a daemon of another version
+/// (an upgrade while the old one runs) removes the archives that are not
+/// its own. The agent is read through `/proc/<pid>/exe`, which stays this
+/// daemon's binary even after the file on disk is replaced.
+#[derive(Debug, Clone)]
+pub struct Initrd {
+    pub agent: PathBuf,
+    pub image: GuestImage,
+    pub cache: PathBuf,
+}
+
+impl Initrd {
+    /// This process's initramfs in `cache`.
+    pub fn of_this_process(image: GuestImage, cache: PathBuf) -> Self {
+        Self {
+            agent: PathBuf::from(format!("/proc/{}/exe", std::process::id())),
+            image,
+            cache,
+        }
+    }
+
+    /// The archive's path, rebuilt first if it is gone (a stat otherwise).
+    pub fn path(&self) -> Result<PathBuf, GuestError> {
+        cached(&self.agent, &self.image, &self.cache)
+    }
+}
+
 /// The cached archive for `agent` and `image` in `cache`, built when
 /// missing (older ones are removed).
 pub fn cached(agent: &Path, image: &GuestImage, cache: &Path) -> Result<PathBuf, GuestError> {
@@ -302,6 +330,48 @@ pub fn cached(agent: &Path, image: &GuestImage, cache: &Path) -> Result<PathBuf,
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
+
+    #[test]
+    fn an_archive_another_daemon_removed_is_rebuilt_at_the_next_boot() {
+        let cache = tempfile::tempdir().unwrap();
+        let image = GuestImage {
+            version: "6.1-test".into(),
+            kernel: PathBuf::from("/nonexistent/vmlinux"),
+            modules: Vec::new(),
+        };
+        let ours = Initrd {
+            agent: PathBuf::from("/bin/true"),
+            image: image.clone(),
+            cache: cache.path().to_path_buf(),
+        };
+        let first = ours.path().unwrap();
+        assert!(first.is_file());
+        // A daemon of another version builds its own and removes ours.
+        let other = Initrd {
+            agent: PathBuf::from("/bin/false"),
+            ..ours.clone()
+        };
+        other.path().unwrap();
+        assert!(!first.exists(), "the other daemon's build removed ours");
+        assert_eq!(ours.path().unwrap(), first);
+        assert!(first.is_file(), "rebuilt for our next boot");
+    }
+
+    #[test]
+    fn this_process_agent_is_its_running_binary() {
+        use std::os::unix::fs::MetadataExt;
+        let image = GuestImage {
+            version: "v".into(),
+            kernel: PathBuf::new(),
+            modules: Vec::new(),
+        };
+        let initrd = Initrd::of_this_process(image, PathBuf::new());
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(
+            std::fs::metadata(&initrd.agent).unwrap().ino(),
+            std::fs::metadata(exe).unwrap().ino()
+        );
+    }
 
     /// (name, mode, data) of each entry.
     fn entries(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {

@@ -425,11 +425,11 @@ async fn prepare(settings: &KvmSettings) -> Result<Ready, String> {
     // (each takes tens of milliseconds; the first startVM waits for all).
     let prepared = {
         let dir = dir.clone();
-        let agent = self_binary.clone();
         tokio::task::spawn_blocking(move || {
             let image = guest::locate(&dir).map_err(|e| e.to_string())?;
-            let cache = initramfs_cache(&dir);
-            let initrd = initramfs::cached(&agent, &image, &cache).map_err(|e| e.to_string())?;
+            let initrd = initramfs::Initrd::of_this_process(image.clone(), initramfs_cache(&dir));
+            // Built now, so the first boot does not wait for it.
+            initrd.path().map_err(|e| e.to_string())?;
             Ok::<_, String>((image, initrd, accel::host_tsc_khz()))
         })
     };

@@ -43,7 +43,7 @@ pub struct VmEnv {
     /// This binary (guards are started from it).
     pub self_binary: PathBuf,
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    pub initrd: super::initramfs::Initrd,
     pub tsc_khz: Option<u64>,
     /// Where each VM's private directory (sockets, console log) is made.
     pub runtime_dir: PathBuf,
@@ -291,11 +291,19 @@ impl Vm {
             .write_all(&frame)
             .await
             .map_err(|e| fail(&groups, format!("writing the set-up: {e}")))?;
+        let initrd = {
+            let initrd = env.initrd.clone();
+            tokio::task::spawn_blocking(move || initrd.path())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|built| built.map_err(|e| e.to_string()))
+                .map_err(|e| fail(&groups, format!("the initramfs: {e}")))?
+        };
         let plan = VmPlan {
             accel: req.accel,
             size: req.size,
             kernel: &env.kernel,
-            initrd: &env.initrd,
+            initrd: &initrd,
             tsc_khz: env.tsc_khz,
             agent_fd: agent_end.as_raw_fd(),
             net_fd: Some(net_guest.as_raw_fd()),
