@@ -19,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cowork_policy::signal::{SIGKILL, parse_signal};
-use cowork_protocol::agent::{FromAgent, LISTENERS_MARKER, StdinWrite, ToAgent, method};
+use cowork_protocol::agent::{
+    FromAgent, LISTENERS_MARKER, SpawnRequest, StdinWrite, ToAgent, method,
+};
 use cowork_protocol::event::Stream;
 use cowork_protocol::frame;
 use futures::StreamExt;
@@ -238,6 +240,30 @@ impl AgentLink {
     pub async fn spawn(&self, id: &str, params: Value) -> Result<Value, LinkError> {
         self.request_for(method::SPAWN, params, Some(id), Some(REQUEST_TIMEOUT))
             .await
+    }
+
+    /// Starts `request` in the agent as one of this link's processes (its
+    /// output and exit become the client's events); forgotten again when
+    /// the agent does not start it.
+    pub async fn start_process(
+        self: &Arc<Self>,
+        request: &SpawnRequest,
+    ) -> Result<Arc<AgentProcess>, LinkError> {
+        let params = serde_json::to_value(request).map_err(|e| LinkError::Refused {
+            method: "encode".into(),
+            error: e.to_string(),
+        })?;
+        self.track(&request.id);
+        match self.spawn(&request.id, params).await {
+            Ok(_) => Ok(Arc::new(AgentProcess {
+                id: request.id.clone(),
+                link: self.clone(),
+            })),
+            Err(e) => {
+                self.untrack(&request.id);
+                Err(e)
+            }
+        }
     }
 
     async fn request_for(

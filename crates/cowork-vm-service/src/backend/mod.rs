@@ -11,6 +11,7 @@
 //!   its init (KVM when a test boot works, else TCG).
 
 pub mod agent_link;
+pub mod agent_spawn;
 pub mod bwrap;
 pub mod host;
 pub mod kvm;

@@ -26,21 +26,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use config::MountsConfig;
-use cowork_policy::bwrap_argv::{host_layout, sandbox_work_dir, sdk_dir, session_mnt};
-use cowork_policy::fs_view::FsView;
+use cowork_policy::bwrap_argv::host_layout;
 use cowork_policy::selection::BackendKind;
-use cowork_protocol::agent::{AgentStatus, SpawnRequest, method};
+use cowork_protocol::agent::{AgentStatus, method};
 use cowork_protocol::params::StartVmParams;
 use serde_json::json;
 
-use super::agent_link::AgentProcess;
+use super::agent_spawn::{agent_command, agent_request, mount_path_inside};
 use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
 use crate::real_fs::RealFs;
 use crate::sys::cgroup::CgroupManager;
 use crate::sys::cgroup_spawner::CgroupSpawner;
-use cowork_policy::net::{AllowList, proxy_env};
+use cowork_policy::net::AllowList;
 use identity::Identity;
 use sandbox::{Sandbox, SandboxEnv, SandboxKey, StartRequest};
 
@@ -361,27 +360,8 @@ impl Backend for BwrapBackend {
 
     async fn spawn(&self, job: SpawnJob, events: ProcessEvents) -> Result<Spawned, BackendError> {
         let fs = RealFs;
-        // `claude` runs the SDK binary; when it is missing the agent looks
-        // on PATH and otherwise reports this path as not found (exit 127).
-        let command = match &job.sdk_binary {
-            Some(sdk)
-                if Path::new(&job.command)
-                    .file_name()
-                    .is_some_and(|n| n == "claude") =>
-            {
-                sdk.to_string_lossy().into_owned()
-            }
-            _ => job.command.clone(),
-        };
-        let installed_sdk = job.sdk_binary.as_deref().filter(|sdk| fs.exists(sdk));
-        let key = SandboxKey {
-            mounts: job.mounts.clone(),
-            sdk_dir: sdk_dir(installed_sdk),
-            skeleton_home: job.mount_skeleton_home,
-            egress: AllowList::from_entries(job.allowed_domains.as_deref())
-                .key()
-                .clone(),
-        };
+        let command = agent_command(&job);
+        let key = SandboxKey::for_job(&job, &fs);
         let sandbox = match self.sandbox_for(&job, key, &events).await {
             Ok(s) => s,
             Err(reason) => {
@@ -394,52 +374,28 @@ impl Backend for BwrapBackend {
                 return Ok(Spawned::Ended);
             }
         };
-        let cwd = sandbox_work_dir(job.cwd.as_deref(), &job.session, &job.mounts, &fs);
-        let mut env = job.env;
-        env.insert("PWD".into(), cwd.clone());
-        // The way out of the sandbox's network; the spawn's own env wins.
-        for (k, v) in proxy_env() {
-            env.entry(k).or_insert(v);
-        }
-        let request = SpawnRequest {
-            id: job.id.clone(),
-            command,
-            args: job.args,
-            env,
-            cwd,
-        };
-        let params = serde_json::to_value(&request).map_err(|e| BackendError::Session {
-            session: job.session.clone(),
-            reason: e.to_string(),
-        })?;
+        let session = job.session.clone();
+        let request = agent_request(job, command, &fs);
         sandbox.touch();
-        sandbox.link.track(&job.id);
-        match sandbox.link.spawn(&job.id, params).await {
-            Ok(_) => Ok(Spawned::Running(Arc::new(AgentProcess {
-                id: job.id,
-                link: sandbox.link.clone(),
-            }))),
+        match sandbox.link.start_process(&request).await {
+            Ok(process) => Ok(Spawned::Running(process)),
             Err(e) => {
-                sandbox.link.untrack(&job.id);
                 let reason = if sandbox.link.is_alive() {
                     e.to_string()
                 } else {
                     sandbox.failure_reason().await
                 };
                 let message =
-                    self.failure_message(format!("sandbox of session {}: {reason}", job.session));
-                tracing::error!("spawn {}: {message}", job.id);
-                events.failed_to_start(&job.id, &message, 126).await;
+                    self.failure_message(format!("sandbox of session {session}: {reason}"));
+                tracing::error!("spawn {}: {message}", request.id);
+                events.failed_to_start(&request.id, &message, 126).await;
                 Ok(Spawned::Ended)
             }
         }
     }
 
     fn mount_path_reply(&self, session: Option<&str>, mount_name: &str, host: &Path) -> String {
-        match session {
-            Some(s) => format!("{}/{mount_name}", session_mnt(s)),
-            None => host.to_string_lossy().into_owned(),
-        }
+        mount_path_inside(session, mount_name, host)
     }
 
     fn warnings(&self) -> Vec<String> {

@@ -21,7 +21,7 @@ use cowork_policy::bwrap_config::BwrapMountsConfig;
 use cowork_policy::confine::landlock::LandlockInputs;
 use cowork_policy::confine::limits::{SessionLimits, TmpfsSizes};
 use cowork_policy::confine::{CONFINE_PLAN_ENV, ConfinePlan};
-use cowork_policy::mounts::{MountMap, MountMode};
+use cowork_policy::mounts::MountMode;
 use rustix::fs::OFlags;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncReadExt;
@@ -31,39 +31,15 @@ use super::identity::Identity;
 use super::protect::protections;
 use crate::backend::PinnedMount;
 use crate::backend::agent_link::{self, AgentLink, LinkOptions};
+pub use crate::backend::agent_spawn::SandboxKey;
 use crate::backend::netns::Egress;
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
 use crate::sys::cgroup_spawner::CgroupSpawner;
 use crate::sys::pin::pin_real;
 use crate::sys::spawn;
-use cowork_policy::net::{AllowList, AllowListKey};
+use cowork_policy::net::AllowList;
 use tokio::task::AbortHandle;
-
-/// What makes two spawns able to share a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SandboxKey {
-    pub mounts: MountMap,
-    pub sdk_dir: Option<PathBuf>,
-    pub skeleton_home: bool,
-    /// The normalized network allowlist: a different one is a new
-    /// generation, so no process gets more network than its spawn asked
-    /// for.
-    pub egress: AllowListKey,
-}
-
-impl SandboxKey {
-    /// Whether a spawn asking for `self` may run in a sandbox made for
-    /// `running`. A spawn without `allowedDomains` asks for no policy of
-    /// its own: it joins whatever its session runs (and gets no more than
-    /// that sandbox has).
-    pub fn served_by(&self, running: &SandboxKey, asks_for_policy: bool) -> bool {
-        self.mounts == running.mounts
-            && self.sdk_dir == running.sdk_dir
-            && self.skeleton_home == running.skeleton_home
-            && (!asks_for_policy || self.egress == running.egress)
-    }
-}
 
 /// Host-wide inputs of every sandbox, fixed when the backend starts.
 #[derive(Debug)]

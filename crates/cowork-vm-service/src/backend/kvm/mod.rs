@@ -36,24 +36,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cowork_netproxy::{Protocol, serve_stream};
-use cowork_policy::bwrap_argv::{HostLayout, host_layout, sandbox_work_dir, sdk_dir, session_mnt};
+use cowork_policy::bwrap_argv::{HostLayout, host_layout, sdk_dir};
 use cowork_policy::bwrap_config::BwrapMountsConfig;
 use cowork_policy::confine::ConfinePlan;
 use cowork_policy::confine::landlock::LandlockInputs;
 use cowork_policy::confine::limits::SessionLimits;
 use cowork_policy::fs_view::FsView;
-use cowork_policy::mounts::{MountMap, MountMode};
-use cowork_policy::net::{AllowList, AllowListKey, proxy_env};
+use cowork_policy::mounts::MountMode;
+use cowork_policy::net::AllowList;
 use cowork_policy::qemu_argv::{Accel, VirtiofsdSandbox, VmSize};
 use cowork_policy::selection::BackendKind;
-use cowork_protocol::agent::{AgentStatus, SpawnRequest, method};
+use cowork_protocol::agent::{AgentStatus, method};
 use cowork_protocol::event::{Event, NetworkStatus};
 use cowork_protocol::mux::StreamProtocol;
 use cowork_protocol::params::StartVmParams;
 use serde_json::json;
 use tokio::sync::OnceCell;
 
-use super::agent_link::AgentProcess;
+use super::agent_spawn::{SandboxKey, agent_command, agent_request, mount_path_inside};
 use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::events::EventHub;
@@ -83,15 +83,6 @@ pub struct KvmSettings {
     pub runtime_dir: PathBuf,
 }
 
-/// What makes two spawns able to share a VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct VmKey {
-    mounts: MountMap,
-    sdk_dir: Option<PathBuf>,
-    skeleton_home: bool,
-    egress: AllowListKey,
-}
-
 /// A session's VMs: the current one and older generations finishing.
 #[derive(Default)]
 struct Slot {
@@ -101,7 +92,7 @@ struct Slot {
 
 #[derive(Default)]
 struct SlotState {
-    current: Option<(VmKey, Arc<Vm>)>,
+    current: Option<(SandboxKey, Arc<Vm>)>,
     old: Vec<Arc<Vm>>,
     /// What a restart re-creates: the last spawn's inputs.
     last_job: Option<SpawnJob>,
@@ -298,7 +289,7 @@ impl KvmBackend {
     async fn vm_for(
         &self,
         job: &SpawnJob,
-        key: VmKey,
+        key: SandboxKey,
         events: &ProcessEvents,
     ) -> Result<Arc<Vm>, String> {
         let slot = self.slots().entry(job.session.clone()).or_default().clone();
@@ -306,10 +297,7 @@ impl KvmBackend {
         let asks_for_policy = job.allowed_domains.is_some();
         if let Some((current_key, vm)) = &slot.state().current
             && vm.link.is_alive()
-            && current_key.mounts == key.mounts
-            && current_key.sdk_dir == key.sdk_dir
-            && current_key.skeleton_home == key.skeleton_home
-            && (!asks_for_policy || current_key.egress == key.egress)
+            && key.served_by(current_key, asks_for_policy)
         {
             return Ok(vm.clone());
         }
@@ -825,25 +813,8 @@ impl Backend for KvmBackend {
     async fn spawn(&self, job: SpawnJob, events: ProcessEvents) -> Result<Spawned, BackendError> {
         let _ = self.events.set(events.clone());
         let fs = RealFs;
-        let command = match &job.sdk_binary {
-            Some(sdk)
-                if Path::new(&job.command)
-                    .file_name()
-                    .is_some_and(|n| n == "claude") =>
-            {
-                sdk.to_string_lossy().into_owned()
-            }
-            _ => job.command.clone(),
-        };
-        let installed_sdk = job.sdk_binary.as_deref().filter(|sdk| fs.exists(sdk));
-        let key = VmKey {
-            mounts: job.mounts.clone(),
-            sdk_dir: sdk_dir(installed_sdk),
-            skeleton_home: job.mount_skeleton_home,
-            egress: AllowList::from_entries(job.allowed_domains.as_deref())
-                .key()
-                .clone(),
-        };
+        let command = agent_command(&job);
+        let key = SandboxKey::for_job(&job, &fs);
         let vm = match self.vm_for(&job, key, &events).await {
             Ok(vm) => vm,
             Err(reason) => {
@@ -853,45 +824,22 @@ impl Backend for KvmBackend {
                 return Ok(Spawned::Ended);
             }
         };
-        let cwd = sandbox_work_dir(job.cwd.as_deref(), &job.session, &job.mounts, &fs);
-        let mut env = job.env;
-        env.insert("PWD".into(), cwd.clone());
-        for (k, v) in proxy_env() {
-            env.entry(k).or_insert(v);
-        }
-        let request = SpawnRequest {
-            id: job.id.clone(),
-            command,
-            args: job.args,
-            env,
-            cwd,
-        };
-        let params = serde_json::to_value(&request).map_err(|e| BackendError::Session {
-            session: job.session.clone(),
-            reason: e.to_string(),
-        })?;
+        let session = job.session.clone();
+        let request = agent_request(job, command, &fs);
         vm.touch();
-        vm.link.track(&job.id);
-        match vm.link.spawn(&job.id, params).await {
-            Ok(_) => Ok(Spawned::Running(Arc::new(AgentProcess {
-                id: job.id,
-                link: vm.link.clone(),
-            }))),
+        match vm.link.start_process(&request).await {
+            Ok(process) => Ok(Spawned::Running(process)),
             Err(e) => {
-                vm.link.untrack(&job.id);
-                let message = format!("VM of session {}: {e}", job.session);
-                tracing::error!("spawn {}: {message}", job.id);
-                events.failed_to_start(&job.id, &message, 126).await;
+                let message = format!("VM of session {session}: {e}");
+                tracing::error!("spawn {}: {message}", request.id);
+                events.failed_to_start(&request.id, &message, 126).await;
                 Ok(Spawned::Ended)
             }
         }
     }
 
     fn mount_path_reply(&self, session: Option<&str>, mount_name: &str, host: &Path) -> String {
-        match session {
-            Some(s) => format!("{}/{mount_name}", session_mnt(s)),
-            None => host.to_string_lossy().into_owned(),
-        }
+        mount_path_inside(session, mount_name, host)
     }
 
     fn warnings(&self) -> Vec<String> {
