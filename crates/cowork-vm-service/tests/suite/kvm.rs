@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::contract::Contract;
 use super::harness::{
     Client, Daemon, Options, Outcome, collect, eventually, require_unprivileged_user,
 };
@@ -283,30 +284,6 @@ fn kvm_vm_runs_the_client_contract() {
     );
     assert_eq!(out.stdout, "persisted\n", "{out:?}");
 
-    // Exit codes and signals.
-    let started = Instant::now();
-    let out = sh(&d, "code", "exit 7", json!({"additionalMounts": mounts}));
-    eprintln!(
-        "kvm: spawn to exit of sh -c 'exit 7': {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        (out.exit_code, out.signal.as_deref()),
-        (Some(7), None),
-        "{out:?}"
-    );
-    let out = sh(
-        &d,
-        "sig",
-        "kill -TERM $$",
-        json!({"additionalMounts": mounts}),
-    );
-    assert_eq!(
-        (out.exit_code, out.signal.as_deref()),
-        (None, Some("SIGTERM")),
-        "{out:?}"
-    );
-
     // Output for longer than three heartbeats: the agent's answers queue
     // behind its output, and the VM must not be taken for hung (restarting
     // it would kill the process).
@@ -329,53 +306,13 @@ fn kvm_vm_runs_the_client_contract() {
         out.stderr
     );
 
-    // stdin.
-    let mut sub = d.connect();
-    sub.subscribe();
-    call_slow(
-        &d,
-        "spawn",
-        json!({"id": "cat", "name": "s", "command": "/bin/cat", "args": [], "additionalMounts": mounts}),
-    );
-    call_slow(&d, "writeStdin", json!({"id": "cat", "data": "one "}));
-    call_slow(
-        &d,
-        "writeStdin",
-        json!({"id": "cat", "data": "two\n", "eof": true}),
-    );
-    let out = collect(&mut sub, "cat", Duration::from_secs(30));
-    assert_eq!(
-        (out.stdout.as_str(), out.exit_code),
-        ("one two\n", Some(0)),
-        "{out:?}"
-    );
-
-    // kill signals the whole process group.
-    let mut sub = d.connect();
-    sub.subscribe();
-    call_slow(
-        &d,
-        "spawn",
-        json!({"id": "group", "name": "s", "command": "/bin/sh",
-               "args": ["-c", "sleep 600 & echo started; wait"], "additionalMounts": mounts}),
-    );
-    sub.wait_event(Duration::from_secs(30), |e| {
-        e["id"] == "group" && e["type"] == "stdout"
-    });
-    call_slow(&d, "kill", json!({"id": "group", "signal": "SIGKILL"}));
-    let out = collect(&mut sub, "group", Duration::from_secs(30));
-    assert_eq!(out.signal.as_deref(), Some("SIGKILL"), "{out:?}");
-    let out = sh(
-        &d,
-        "left",
-        "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done | grep -c '^sleep 600' || true",
-        json!({"additionalMounts": mounts}),
-    );
-    assert_eq!(
-        out.stdout.trim(),
-        "0",
-        "the group's background sleep was killed too: {out:?}"
-    );
+    // The contract every backend keeps (its own session: a second VM).
+    Contract {
+        daemon: &d,
+        isolating: true,
+        call_timeout: SLOW_CALL,
+    }
+    .run_all();
 
     // A mount added to the running session: a new VM generation (one
     // boot); the new mount is there, the earlier ones too.

@@ -2,6 +2,7 @@ pub mod harness;
 
 mod bwrap;
 mod claude_code;
+mod contract;
 mod doctor;
 mod escapes;
 mod hardening;
