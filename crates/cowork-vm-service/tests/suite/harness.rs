@@ -634,3 +634,32 @@ pub fn eventually(timeout: Duration, what: &str, cond: impl Fn() -> bool) {
     }
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
+
+/// An HTTP server on the host answering every request with `body`
+/// (closing after each response); returns its address.
+pub fn http_upstream(ip: &str, body: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    addr
+}

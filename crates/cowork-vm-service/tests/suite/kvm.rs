@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::contract::Contract;
 use super::harness::{
-    Client, Daemon, Options, Outcome, collect, eventually, require_unprivileged_user,
+    Client, Daemon, Options, Outcome, collect, eventually, http_upstream, require_unprivileged_user,
 };
 
 /// Where scripts/test.sh prepares the guest (overridable).
@@ -359,43 +359,14 @@ fn kvm_vm_runs_the_client_contract() {
     );
 }
 
-/// An HTTP server on the host answering every request with `body`.
-fn upstream(ip: &str, body: &'static str) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(reply.as_bytes());
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn kvm_network_restart_of_a_frozen_guest_and_death_with_the_daemon() {
     let _slot = vm_slot();
     let mut d = start();
     d.home_dir("w");
     let mounts = json!({"w": {"path": d.subpath("w"), "mode": "rw"}});
-    let allowed = upstream("127.0.0.2", "hello from upstream");
-    let denied = upstream("127.0.0.3", "must not be reached");
+    let allowed = http_upstream("127.0.0.2", "hello from upstream");
+    let denied = http_upstream("127.0.0.3", "must not be reached");
     let extra = json!({"additionalMounts": mounts, "allowedDomains": ["127.0.0.2"]});
     let mut events = d.connect();
     events.subscribe();

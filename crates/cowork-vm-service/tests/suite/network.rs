@@ -2,14 +2,12 @@
 //! daemon's allowlist proxy (`spawn.allowedDomains`). Attacks from inside,
 //! daemon as the unprivileged test user.
 
-use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{Ipv6Addr, TcpListener};
 use std::os::linux::net::SocketAddrExt;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::harness::{Daemon, Options, Outcome, require_unprivileged_user, run_in};
+use super::harness::{Daemon, Options, Outcome, http_upstream, require_unprivileged_user, run_in};
 
 fn start() -> Daemon {
     Daemon::start_with(Options {
@@ -28,41 +26,12 @@ fn sh(d: &Daemon, session: &str, id: &str, script: &str, allowed: Value) -> Outc
     run_in(d, session, id, &["/bin/sh", "-c", script], extra)
 }
 
-/// An HTTP server on the host answering every request with `body`
-/// (closing after each response); returns its address.
-fn upstream(ip: &str, body: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(reply.as_bytes());
-            });
-        }
-    });
-    addr
-}
-
 const CURL: &str = "curl -s --max-time 10";
 
 #[test]
 fn an_allowed_host_is_reachable_through_http_connect_and_socks5() {
     let d = start();
-    let up = upstream("127.0.0.2", "hello from upstream");
+    let up = http_upstream("127.0.0.2", "hello from upstream");
     let url = format!("http://{up}/");
     let script = format!(
         "echo http=$({CURL} {url}); \
@@ -95,7 +64,7 @@ fn an_allowed_host_is_reachable_through_http_connect_and_socks5() {
 #[test]
 fn sandbox_blocks_hosts_not_in_the_allowlist_with_a_clear_403() {
     let d = start();
-    let up = upstream("127.0.0.2", "secret");
+    let up = http_upstream("127.0.0.2", "secret");
     let script = format!(
         "{CURL} -i -x http://127.0.0.1:3128 http://not-listed.example/ ; echo; \
          {CURL} -p -x http://127.0.0.1:3128 http://{up}/ && echo TUNNELLED; \
@@ -127,7 +96,7 @@ fn sandbox_blocks_hosts_not_in_the_allowlist_with_a_clear_403() {
 #[test]
 fn sandbox_blocks_names_that_resolve_to_loopback_unless_listed_exactly() {
     let d = start();
-    let up = upstream("127.0.0.1", "host loopback service");
+    let up = http_upstream("127.0.0.1", "host loopback service");
     let url = format!("http://localhost:{}/", up.port());
     // `--noproxy ''`: curl would otherwise skip the proxy for localhost
     // (NO_PROXY lists the sandbox's own loopback).
@@ -151,7 +120,7 @@ fn sandbox_blocks_names_that_resolve_to_loopback_unless_listed_exactly() {
 #[test]
 fn sandbox_cannot_reach_host_loopback_or_abstract_sockets_directly() {
     let d = start();
-    let v4 = upstream("127.0.0.1", "v4 service");
+    let v4 = http_upstream("127.0.0.1", "v4 service");
     let v6_listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).ok();
     let v6_port = v6_listener
         .as_ref()
@@ -204,7 +173,7 @@ fn sandbox_cannot_reach_host_loopback_or_abstract_sockets_directly() {
 #[test]
 fn a_different_allowlist_starts_a_new_generation_and_no_list_joins_the_running_one() {
     let d = start();
-    let up = upstream("127.0.0.2", "reached");
+    let up = http_upstream("127.0.0.2", "reached");
     let url = format!("http://{up}/");
     let first = sh(
         &d,
@@ -248,7 +217,7 @@ fn a_different_allowlist_starts_a_new_generation_and_no_list_joins_the_running_o
 #[test]
 fn garbage_on_both_proxy_ports_never_takes_the_daemon_down() {
     let d = start();
-    let up = upstream("127.0.0.2", "still serving");
+    let up = http_upstream("127.0.0.2", "still serving");
     let code = "import socket, time\n\
          def send(port, data, close=True):\n\
          \x20   s = socket.create_connection(('127.0.0.1', port), timeout=5)\n\
