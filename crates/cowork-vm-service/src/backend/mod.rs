@@ -13,6 +13,7 @@
 pub mod agent_link;
 pub mod agent_spawn;
 pub mod bwrap;
+pub mod generations;
 pub mod host;
 pub mod kvm;
 pub mod netns;

@@ -450,7 +450,11 @@ fn idle_sandboxes_are_torn_down_and_restarted_on_demand() {
         "the idle sandbox is torn down",
         || sandboxes_of(&d).is_empty(),
     );
-    assert!(d.log().contains("tearing down idle sandbox"), "{}", d.log());
+    assert!(
+        d.log().contains("shutting down idle sandbox"),
+        "{}",
+        d.log()
+    );
     let second = sh(&d, "s", "two", "cat /tmp/f", json!({}));
     assert_eq!(second.stdout, "one\n", "a new sandbox, same session /tmp");
 }

@@ -18,21 +18,20 @@ mod identity;
 mod protect;
 mod sandbox;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use config::MountsConfig;
 use cowork_policy::bwrap_argv::host_layout;
 use cowork_policy::selection::BackendKind;
-use cowork_protocol::agent::{AgentStatus, method};
 use cowork_protocol::params::StartVmParams;
-use serde_json::json;
 
 use super::agent_spawn::{agent_command, agent_request, mount_path_inside};
+use super::generations::Sessions;
 use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
@@ -74,38 +73,13 @@ impl BwrapSettings {
     }
 }
 
-#[derive(Default)]
-struct SlotState {
-    current: Option<Arc<Sandbox>>,
-    /// Earlier generations still running processes.
-    old: Vec<Arc<Sandbox>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    /// Serializes starting and tearing down this session's sandboxes.
-    start: tokio::sync::Mutex<()>,
-    state: Mutex<SlotState>,
-}
-
-impl Slot {
-    fn state(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn all(&self) -> Vec<Arc<Sandbox>> {
-        let s = self.state();
-        s.current.iter().chain(s.old.iter()).cloned().collect()
-    }
-}
-
 pub struct BwrapBackend {
     env: SandboxEnv,
     config: MountsConfig,
     diagnosis: Option<String>,
     warnings: Vec<String>,
     running: VmFlags,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    sessions: Sessions<Sandbox>,
     generation: AtomicU64,
 }
 
@@ -161,7 +135,7 @@ impl BwrapBackend {
                 egress: settings.egress,
             },
             running: VmFlags::default(),
-            slots: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
             generation: AtomicU64::new(0),
         });
         tokio::spawn(reap_idle(Arc::downgrade(&backend), settings.idle_timeout));
@@ -180,14 +154,6 @@ impl BwrapBackend {
         }
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn slot(&self, session: &str) -> Arc<Slot> {
-        self.slots().entry(session.to_string()).or_default().clone()
-    }
-
     /// The session's sandbox for `key`, starting a new generation if needed.
     async fn sandbox_for(
         &self,
@@ -195,14 +161,10 @@ impl BwrapBackend {
         key: SandboxKey,
         events: &ProcessEvents,
     ) -> Result<Arc<Sandbox>, String> {
-        let slot = self.slot(&job.session);
+        let slot = self.sessions.slot(&job.session);
         let _starting = slot.start.lock().await;
-        let asks_for_policy = job.allowed_domains.is_some();
-        if let Some(current) = &slot.state().current
-            && key.served_by(&current.key, asks_for_policy)
-            && current.link.is_alive()
-        {
-            return Ok(current.clone());
+        if let Some(current) = slot.serving(&key, job.allowed_domains.is_some()) {
+            return Ok(current);
         }
         let allowlist = Arc::new(AllowList::from_entries(job.allowed_domains.as_deref()));
         for w in allowlist.warnings() {
@@ -214,7 +176,7 @@ impl BwrapBackend {
             StartRequest {
                 session: &job.session,
                 dirs: &job.session_dir,
-                key,
+                key: &key,
                 generation,
                 events: events.clone(),
                 mounts: &job.pinned,
@@ -223,73 +185,8 @@ impl BwrapBackend {
                 config: &self.config.current(),
             },
         )?;
-        let mut state = slot.state();
-        if let Some(old) = state.current.replace(sandbox.clone())
-            && old.link.is_alive()
-        {
-            tracing::info!(
-                "session {}: mounts or network policy changed, generation {} started; generation {} finishes its processes",
-                job.session,
-                generation,
-                old.generation
-            );
-            state.old.push(old);
-        }
+        slot.install(key, sandbox.clone(), job);
         Ok(sandbox)
-    }
-
-    /// Tears down the session's sandboxes that have nothing running;
-    /// `include_current` also considers the current one. Returns whether
-    /// nothing is left.
-    async fn reap_slot(
-        &self,
-        name: &str,
-        slot: &Slot,
-        include_current: bool,
-        min_idle: Duration,
-    ) -> bool {
-        let _guard = slot.start.lock().await;
-        let candidates: Vec<(Arc<Sandbox>, bool)> = {
-            let s = slot.state();
-            s.current
-                .iter()
-                .map(|c| (c.clone(), true))
-                .chain(s.old.iter().map(|o| (o.clone(), false)))
-                .collect()
-        };
-        for (sandbox, is_current) in candidates {
-            let dead = !sandbox.link.is_alive();
-            let retire = dead
-                || ((!is_current || include_current)
-                    && sandbox.link.running_count() == 0
-                    && sandbox.idle_for() >= if is_current { min_idle } else { Duration::ZERO }
-                    && is_empty(&sandbox).await);
-            if retire {
-                if !dead {
-                    tracing::info!(
-                        "session {name}: tearing down idle sandbox (generation {})",
-                        sandbox.generation
-                    );
-                }
-                sandbox.shutdown();
-                let mut s = slot.state();
-                if s.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &sandbox)) {
-                    s.current = None;
-                }
-                s.old.retain(|o| !Arc::ptr_eq(o, &sandbox));
-            }
-        }
-        let s = slot.state();
-        s.current.is_none() && s.old.is_empty()
-    }
-}
-
-/// Whether the agent reports no processes besides itself.
-async fn is_empty(sandbox: &Sandbox) -> bool {
-    match sandbox.link.request(method::STATUS, json!({})).await {
-        Ok(v) => serde_json::from_value::<AgentStatus>(v)
-            .is_ok_and(|s| s.tracked == 0 && s.other_processes == 0),
-        Err(_) => !sandbox.link.is_alive(),
     }
 }
 
@@ -304,22 +201,7 @@ async fn reap_idle(backend: Weak<BwrapBackend>, idle_timeout: Duration) {
         let Some(backend) = backend.upgrade() else {
             return;
         };
-        let slots: Vec<(String, Arc<Slot>)> = backend
-            .slots()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, slot) in slots {
-            if backend.reap_slot(&name, &slot, true, idle_timeout).await {
-                let mut slots = backend.slots();
-                if slots
-                    .get(&name)
-                    .is_some_and(|s| Arc::ptr_eq(s, &slot) && slot.all().is_empty())
-                {
-                    slots.remove(&name);
-                }
-            }
-        }
+        backend.sessions.reap(idle_timeout).await;
     }
 }
 
@@ -340,14 +222,7 @@ impl Backend for BwrapBackend {
 
     async fn stop(&self) {
         self.running.set(false);
-        let slots: Vec<Arc<Slot>> = self.slots().drain().map(|(_, s)| s).collect();
-        for slot in slots {
-            let _guard = slot.start.lock().await;
-            for sandbox in slot.all() {
-                sandbox.shutdown();
-            }
-            *slot.state() = SlotState::default();
-        }
+        self.sessions.shut_down_all().await;
     }
 
     fn is_running(&self) -> bool {
@@ -403,33 +278,16 @@ impl Backend for BwrapBackend {
     }
 
     fn confinement(&self) -> Option<serde_json::Value> {
-        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
-        slots
-            .iter()
-            .filter_map(|slot| slot.state().current.clone())
-            .max_by_key(|sandbox| sandbox.generation)
+        self.sessions
+            .newest_current()
             .and_then(|sandbox| sandbox.link.confinement())
     }
 
     fn busy_sessions(&self) -> HashSet<String> {
-        self.slots()
-            .iter()
-            .filter(|(_, slot)| slot.all().iter().any(|s| s.link.is_alive()))
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.sessions.busy()
     }
 
     async fn retire_session(&self, session: &str) -> bool {
-        let slot = self.slots().get(session).cloned();
-        match slot {
-            None => true,
-            Some(slot) => {
-                let empty = self.reap_slot(session, &slot, true, Duration::ZERO).await;
-                if empty {
-                    self.slots().remove(session);
-                }
-                empty
-            }
-        }
+        self.sessions.retire(session).await
     }
 }

@@ -32,6 +32,7 @@ use super::protect::protections;
 use crate::backend::PinnedMount;
 use crate::backend::agent_link::{self, AgentLink, LinkOptions};
 pub use crate::backend::agent_spawn::SandboxKey;
+use crate::backend::generations::Generation;
 use crate::backend::netns::Egress;
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
@@ -60,7 +61,7 @@ pub struct SandboxEnv {
 pub struct StartRequest<'a> {
     pub session: &'a str,
     pub dirs: &'a SessionDir,
-    pub key: SandboxKey,
+    pub key: &'a SandboxKey,
     pub generation: u64,
     pub events: ProcessEvents,
     /// The key's mounts, pinned, in the same order.
@@ -77,7 +78,6 @@ const STDERR_KEPT: usize = 8 * 1024;
 
 pub struct Sandbox {
     pub generation: u64,
-    pub key: SandboxKey,
     pub link: Arc<AgentLink>,
     /// The proxy's tasks for this sandbox's listeners.
     proxy: Arc<Mutex<Vec<AbortHandle>>>,
@@ -319,7 +319,6 @@ impl Sandbox {
         });
         Ok(Arc::new(Self {
             generation,
-            key,
             link,
             proxy,
             bwrap_pid,
@@ -382,5 +381,26 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_proxy();
+    }
+}
+
+impl Generation for Sandbox {
+    const WHAT: &'static str = "sandbox";
+    const REPLACED_WHEN_DEAD: bool = false;
+
+    fn link(&self) -> &AgentLink {
+        &self.link
+    }
+
+    fn number(&self) -> u64 {
+        self.generation
+    }
+
+    fn idle_for(&self) -> Duration {
+        Sandbox::idle_for(self)
+    }
+
+    fn shutdown(self: &Arc<Self>) {
+        Sandbox::shutdown(self)
     }
 }

@@ -28,10 +28,10 @@ pub mod guest;
 pub mod initramfs;
 mod vm;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,7 +46,7 @@ use cowork_policy::mounts::MountMode;
 use cowork_policy::net::AllowList;
 use cowork_policy::qemu_argv::{Accel, VirtiofsdSandbox, VmSize};
 use cowork_policy::selection::BackendKind;
-use cowork_protocol::agent::{AgentStatus, method};
+use cowork_protocol::agent::method;
 use cowork_protocol::event::{Event, NetworkStatus};
 use cowork_protocol::mux::StreamProtocol;
 use cowork_protocol::params::StartVmParams;
@@ -54,6 +54,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use super::agent_spawn::{SandboxKey, agent_command, agent_request, mount_path_inside};
+use super::generations::Sessions;
 use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::events::EventHub;
@@ -83,35 +84,6 @@ pub struct KvmSettings {
     pub runtime_dir: PathBuf,
 }
 
-/// A session's VMs: the current one and older generations finishing.
-#[derive(Default)]
-struct Slot {
-    start: tokio::sync::Mutex<()>,
-    state: Mutex<SlotState>,
-}
-
-#[derive(Default)]
-struct SlotState {
-    current: Option<(SandboxKey, Arc<Vm>)>,
-    old: Vec<Arc<Vm>>,
-    /// What a restart re-creates: the last spawn's inputs.
-    last_job: Option<SpawnJob>,
-}
-
-impl Slot {
-    fn state(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn all(&self) -> Vec<Arc<Vm>> {
-        let s = self.state();
-        s.current
-            .iter()
-            .map(|(_, v)| v.clone())
-            .chain(s.old.iter().cloned())
-            .collect()
-    }
-}
-
 /// Host-wide facts found on first use.
 struct Ready {
     env: VmEnv,
@@ -125,7 +97,7 @@ pub struct KvmBackend {
     running: VmFlags,
     /// `startVM`'s VM (no session), until a session's VM is up.
     base: tokio::sync::Mutex<Option<Arc<Vm>>>,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    sessions: Sessions<Vm>,
     generation: AtomicU64,
     /// What `startVM` asked for (memory in MiB, CPUs).
     requested: Mutex<(Option<u64>, Option<u32>)>,
@@ -144,7 +116,7 @@ impl KvmBackend {
             ready: OnceCell::new(),
             running: VmFlags::default(),
             base: tokio::sync::Mutex::new(None),
-            slots: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
             generation: AtomicU64::new(0),
             requested: Mutex::new((None, None)),
             events: OnceCell::new(),
@@ -160,10 +132,6 @@ impl KvmBackend {
             }
         });
         backend
-    }
-
-    fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn ready(&self) -> Result<Arc<Ready>, String> {
@@ -292,32 +260,14 @@ impl KvmBackend {
         key: SandboxKey,
         events: &ProcessEvents,
     ) -> Result<Arc<Vm>, String> {
-        let slot = self.slots().entry(job.session.clone()).or_default().clone();
+        let slot = self.sessions.slot(&job.session);
         let _starting = slot.start.lock().await;
-        let asks_for_policy = job.allowed_domains.is_some();
-        if let Some((current_key, vm)) = &slot.state().current
-            && vm.link.is_alive()
-            && key.served_by(current_key, asks_for_policy)
-        {
-            return Ok(vm.clone());
+        if let Some(vm) = slot.serving(&key, job.allowed_domains.is_some()) {
+            return Ok(vm);
         }
         let ready = self.ready().await?;
         let vm = self.boot(&ready, Some(job), events.clone()).await?;
-        {
-            let mut state = slot.state();
-            if let Some((_, old)) = state.current.replace((key, vm.clone()))
-                && old.link.is_alive()
-            {
-                tracing::info!(
-                    "session {}: mounts or network policy changed, VM generation {} started; generation {} finishes its processes",
-                    job.session,
-                    vm.generation,
-                    old.generation
-                );
-                state.old.push(old);
-            }
-            state.last_job = Some(job.clone());
-        }
+        slot.install(key, vm.clone(), job);
         // The base VM has done its job once a session's VM is up.
         if let Some(base) = self.base.lock().await.take() {
             base.shutdown();
@@ -354,7 +304,7 @@ impl KvmBackend {
                 }
             }
             Some(name) => {
-                let Some(slot) = self.slots().get(&name).cloned() else {
+                let Some(slot) = self.sessions.get(&name) else {
                     return;
                 };
                 let _starting = slot.start.lock().await;
@@ -671,15 +621,6 @@ async fn netmux_serve(
     crate::netmux::run(stream, None, Some(on_open)).await;
 }
 
-/// Whether the agent reports nothing running.
-async fn is_empty(vm: &Vm) -> bool {
-    match vm.link.request(method::STATUS, json!({})).await {
-        Ok(v) => serde_json::from_value::<AgentStatus>(v)
-            .is_ok_and(|s| s.tracked == 0 && s.other_processes == 0),
-        Err(_) => !vm.link.is_alive(),
-    }
-}
-
 /// Stops finished generations and idle session VMs.
 async fn reap_idle(backend: Weak<KvmBackend>, idle_timeout: Duration) {
     loop {
@@ -687,36 +628,7 @@ async fn reap_idle(backend: Weak<KvmBackend>, idle_timeout: Duration) {
         let Some(backend) = backend.upgrade() else {
             return;
         };
-        let slots: Vec<(String, Arc<Slot>)> = backend
-            .slots()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, slot) in slots {
-            let _guard = slot.start.lock().await;
-            let (current, old) = {
-                let s = slot.state();
-                (s.current.as_ref().map(|(_, v)| v.clone()), s.old.clone())
-            };
-            for vm in old {
-                if !vm.link.is_alive() || (vm.link.running_count() == 0 && is_empty(&vm).await) {
-                    vm.shutdown();
-                    slot.state().old.retain(|o| !Arc::ptr_eq(o, &vm));
-                }
-            }
-            if let Some(vm) = current
-                && vm.link.running_count() == 0
-                && vm.idle_for() >= idle_timeout
-                && is_empty(&vm).await
-            {
-                tracing::info!(
-                    "session {name}: stopping idle VM (generation {})",
-                    vm.generation
-                );
-                vm.shutdown();
-                slot.state().current = None;
-            }
-        }
+        backend.sessions.reap(idle_timeout).await;
     }
 }
 
@@ -784,14 +696,7 @@ impl Backend for KvmBackend {
         if let Some(base) = self.base.lock().await.take() {
             base.shutdown();
         }
-        let slots: Vec<Arc<Slot>> = self.slots().drain().map(|(_, s)| s).collect();
-        for slot in slots {
-            let _guard = slot.start.lock().await;
-            for vm in slot.all() {
-                vm.shutdown();
-            }
-            *slot.state() = SlotState::default();
-        }
+        self.sessions.shut_down_all().await;
     }
 
     fn is_running(&self) -> bool {
@@ -855,48 +760,23 @@ impl Backend for KvmBackend {
     }
 
     fn confinement(&self) -> Option<serde_json::Value> {
-        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
-        slots
-            .iter()
-            .filter_map(|s| s.state().current.as_ref().map(|(_, v)| v.clone()))
-            .max_by_key(|v| v.generation)
+        self.sessions
+            .newest_current()
             .and_then(|v| v.link.confinement())
     }
 
     fn busy_sessions(&self) -> HashSet<String> {
-        self.slots()
-            .iter()
-            .filter(|(_, slot)| slot.all().iter().any(|v| v.link.is_alive()))
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.sessions.busy()
     }
 
     async fn retire_session(&self, session: &str) -> bool {
-        let Some(slot) = self.slots().get(session).cloned() else {
-            return true;
-        };
-        let _guard = slot.start.lock().await;
-        for vm in slot.all() {
-            if vm.link.is_alive() && !(vm.link.running_count() == 0 && is_empty(&vm).await) {
-                return false;
-            }
-        }
-        for vm in slot.all() {
-            vm.shutdown();
-        }
-        self.slots().remove(session);
-        true
+        self.sessions.retire(session).await
     }
 }
 
 impl KvmBackend {
     fn any_session_vm(&self) -> bool {
-        self.slots().values().any(|s| {
-            s.state()
-                .current
-                .as_ref()
-                .is_some_and(|(_, v)| v.link.is_alive())
-        })
+        self.sessions.any_current_alive()
     }
 
     /// The accelerator decision, once made (for `getDaemonInfo`).
@@ -910,9 +790,9 @@ impl KvmBackend {
     /// QEMU's pids (for tests and the benchmark).
     pub fn qemu_pids(&self) -> Vec<u32> {
         let mut out: Vec<u32> = self
-            .slots()
-            .values()
-            .flat_map(|s| s.all())
+            .sessions
+            .all()
+            .iter()
             .filter_map(|v| v.qemu_pid)
             .collect();
         if let Ok(b) = self.base.try_lock()

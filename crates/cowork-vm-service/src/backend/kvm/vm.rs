@@ -29,6 +29,7 @@ use tokio::task::AbortHandle;
 use super::guard::{self, Guarded};
 use crate::backend::PinnedMount;
 use crate::backend::agent_link::{self, AgentLink, LinkOptions};
+use crate::backend::generations::Generation;
 use crate::process_events::ProcessEvents;
 use crate::sys::pin::pin_real;
 
@@ -448,6 +449,28 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl Generation for Vm {
+    const WHAT: &'static str = "VM";
+    /// The heartbeat restarts a dead session VM in place.
+    const REPLACED_WHEN_DEAD: bool = true;
+
+    fn link(&self) -> &AgentLink {
+        &self.link
+    }
+
+    fn number(&self) -> u64 {
+        self.generation
+    }
+
+    fn idle_for(&self) -> Duration {
+        Vm::idle_for(self)
+    }
+
+    fn shutdown(self: &Arc<Self>) {
+        Vm::shutdown(self)
     }
 }
 
