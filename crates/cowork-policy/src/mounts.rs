@@ -129,6 +129,25 @@ pub const CREDENTIAL_DIRS: &[&str] = &[
     ".config/gh",
 ];
 
+/// Folders in a home the user's own session runs code from (git's and the
+/// shells' configuration, autostart entries, user services, `~/.local/bin`
+/// on `PATH`) or that hold this daemon's state (other sessions' `/tmp`):
+/// never mounted, and nothing containing them is.
+pub const HOST_CODE_DIRS: &[&str] = &[
+    ".config/git",
+    ".config/fish",
+    ".config/autostart",
+    ".config/systemd",
+    ".config/environment.d",
+    ".config/claude-desktop-debian",
+    ".local/bin",
+    ".local/share/cowork-vm-service",
+];
+/// Folders that may be mounted from inside, never as a whole: the desktop
+/// client's own configuration (its MCP servers, this daemon's config file)
+/// sits directly in it, its skills and SDK folders below.
+const NEVER_WHOLE: &[&str] = &[".config/Claude"];
+
 /// Whose machine this is, for deciding which host folders may be mounted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MountRules {
@@ -156,6 +175,48 @@ impl MountRules {
                     .find(|d| rest.starts_with(Path::new(d)))
             {
                 return Some(format!("{} holds credentials (~/{dir})", path.display()));
+            }
+        }
+        for home in [&self.home, &self.home_real] {
+            if home.as_os_str().is_empty() {
+                continue;
+            }
+            if is_within(home, path) {
+                let how = if path == home.as_path() {
+                    "is"
+                } else {
+                    "contains"
+                };
+                return Some(format!(
+                    "{} {how} your home folder ({}), with its credentials and start-up files; \
+                     mount a project folder inside it",
+                    path.display(),
+                    home.display()
+                ));
+            }
+            let Ok(rest) = path.strip_prefix(home) else {
+                continue;
+            };
+            if let Some(dir) = CREDENTIAL_DIRS
+                .iter()
+                .chain(HOST_CODE_DIRS)
+                .chain(NEVER_WHOLE)
+                .find(|d| Path::new(d).starts_with(rest))
+            {
+                return Some(format!(
+                    "{} contains ~/{dir}, which a session must not reach",
+                    path.display()
+                ));
+            }
+            if let Some(dir) = HOST_CODE_DIRS
+                .iter()
+                .find(|d| rest.starts_with(Path::new(d)))
+            {
+                return Some(format!(
+                    "{} is where your session runs code from or this daemon keeps its state \
+                     (~/{dir})",
+                    path.display()
+                ));
             }
         }
         if self.is_own_home(path) {
@@ -464,8 +525,43 @@ mod tests {
             home_real: "/root".into(),
             other_homes: vec!["/home/u".into()],
         };
-        let cases: [(&str, &MountRules, Result<(), &str>); 30] = [
-            ("/home/u", &user, Ok(())),
+        let tmp_home = MountRules {
+            home: "/tmp/t/home".into(),
+            home_real: "/tmp/t/home".into(),
+            other_homes: vec![],
+        };
+        let cases: &[(&str, &MountRules, Result<(), &str>)] = &[
+            ("/home/u", &user, Err("is your home folder (/home/u)")),
+            (
+                "/var/home/u",
+                &user,
+                Err("is your home folder (/var/home/u)"),
+            ),
+            ("/tmp/t", &tmp_home, Err("contains your home folder")),
+            ("/tmp/t/home/proj", &tmp_home, Ok(())),
+            ("/home/u/.config", &user, Err("contains ~/.config/")),
+            ("/home/u/.local", &user, Err("contains ~/.local/")),
+            (
+                "/home/u/.local/share",
+                &user,
+                Err("contains ~/.local/share/"),
+            ),
+            (
+                "/home/u/.config/Claude",
+                &user,
+                Err("contains ~/.config/Claude"),
+            ),
+            ("/home/u/.config/Claude/skills", &user, Ok(())),
+            ("/home/u/.config/nvim", &user, Ok(())),
+            ("/home/u/.config/git", &user, Err("~/.config/git")),
+            ("/home/u/.config/systemd/user", &user, Err("runs code from")),
+            ("/home/u/.local/bin", &user, Err("~/.local/bin")),
+            (
+                "/home/u/.local/share/cowork-vm-service/sessions/s/tmp",
+                &user,
+                Err("keeps its state"),
+            ),
+            ("/root", &root, Err("is your home folder")),
             ("/home/u/proj", &user, Ok(())),
             ("/var/home/u/proj", &user, Ok(())),
             ("/mnt/storage/proj", &user, Ok(())),
@@ -500,7 +596,7 @@ mod tests {
             ("/root/project", &root, Ok(())),
             ("/root/.ssh", &root, Err("holds credentials (~/.ssh)")),
         ];
-        for (path, rules, want) in cases {
+        for &(path, rules, want) in cases {
             let got = check_mount_source(Path::new(path), rules, &fs);
             match (want, got) {
                 (Ok(()), Ok(())) => {}

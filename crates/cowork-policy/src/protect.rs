@@ -13,10 +13,15 @@
 //! (git makes it at `init`; an empty one is git's normal layout, not a
 //! placeholder in the user's project).
 //!
+//! A `.git` pointer file is itself read-only (rewritten, it would send git
+//! to a git directory the sandbox made, with a config of its choosing).
+//!
 //! What cannot be protected this way: a protected name that does not exist
 //! yet (binding needs something to bind; srt creates placeholder files in
 //! users' projects for that, and we do not), and one that is a symlink
-//! (bubblewrap binds what it points to). Both are listed in the README.
+//! (bubblewrap binds what it points to). Both are listed in the README. The
+//! sharpest case is a `commondir` written into a git directory that had
+//! none: git then reads `config` and `hooks` from the folder it names.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -92,14 +97,39 @@ pub const TOP_LEVEL: &[Protected] = &[
         kind: Kind::File,
         why: "MCP servers Claude Code starts for the project",
     },
+    Protected {
+        name: ".claude/settings.json",
+        kind: Kind::File,
+        why: "Claude Code's project hooks, run by a `claude` on the host",
+    },
+    Protected {
+        name: ".devcontainer",
+        kind: Kind::Dir,
+        why: "dev container commands (`postCreateCommand`) editors run",
+    },
+    Protected {
+        name: ".pre-commit-config.yaml",
+        kind: Kind::File,
+        why: "commands pre-commit runs at the user's next commit",
+    },
+    Protected {
+        name: ".mise.toml",
+        kind: Kind::File,
+        why: "mise tasks and hooks run when the user enters the folder",
+    },
 ];
 
 /// Protected names inside a git directory: its configuration (`core.*`
 /// commands such as `fsmonitor`, `sshCommand`, `pager`) and its hooks.
+/// `commondir` (a worktree's or a redirected repository's shared git
+/// directory, where git then takes `config` and `hooks` from) and `gitdir`
+/// (a worktree's way back) choose which of those apply.
 pub const IN_GIT_DIR: &[(&str, Kind)] = &[
     ("config", Kind::File),
     ("config.worktree", Kind::File),
     ("hooks", Kind::Dir),
+    ("commondir", Kind::File),
+    ("gitdir", Kind::File),
 ];
 
 /// The target of a `.git` pointer file (`gitdir: <path>`), as git reads it:

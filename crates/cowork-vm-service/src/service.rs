@@ -699,6 +699,16 @@ impl Service {
                     p.version
                 )
             })?;
+        // Its folder is bound into every sandbox: the same rules as a mount
+        // (no system trees, other users' homes, credential folders, nor a
+        // folder containing them).
+        if let Some(dir) = path.parent()
+            && let Err(reason) = check_mount_source(dir, &self.mount_rules, &RealFs)
+        {
+            tracing::warn!("installSdk: refused the SDK folder: {reason}");
+            self.state().sdk_binary = None;
+            return Ok(json!({}));
+        }
         if RealFs.is_executable_file(&path) {
             tracing::info!("SDK binary: {}", path.display());
         } else {

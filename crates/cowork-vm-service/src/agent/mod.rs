@@ -182,6 +182,14 @@ fn join_new_session_keyring() -> std::io::Result<()> {
         if e.raw_os_error() == Some(libc::ENOSYS) {
             return Ok(());
         }
+        // Every live sandbox holds one key of its user's kernel quota.
+        if e.raw_os_error() == Some(libc::EDQUOT) {
+            return Err(std::io::Error::other(format!(
+                "{e}: the user's kernel key quota is used up (each live sandbox holds one key; \
+                 the default /proc/sys/kernel/keys/maxkeys is 200, see /proc/key-users); stop \
+                 idle sessions (stopVM) or raise maxkeys"
+            )));
+        }
         return Err(e);
     }
     Ok(())

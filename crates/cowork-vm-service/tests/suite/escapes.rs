@@ -179,6 +179,34 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
         ("varlib", "var/lib", "rw", "/var"),
         ("roothome", "root", "ro", "/root"),
         ("ssh", &format!("{me}/.ssh"), "ro", "credentials"),
+        // The home itself, and folders holding credentials, the client's
+        // and this daemon's configuration, or what the session runs.
+        ("home", &me, "rw", "is your home folder"),
+        (
+            "dotconfig",
+            &format!("{me}/.config"),
+            "rw",
+            "contains ~/.config/",
+        ),
+        ("legacy", ".config", "rw", "contains ~/.config/"),
+        (
+            "claudecfg",
+            &format!("{me}/.config/Claude"),
+            "rw",
+            "contains ~/.config/Claude",
+        ),
+        (
+            "gitcfg",
+            &format!("{me}/.config/git"),
+            "rw",
+            "~/.config/git",
+        ),
+        (
+            "state",
+            &format!("{me}/.local/share/cowork-vm-service"),
+            "ro",
+            "~/.local/share/cowork-vm-service",
+        ),
     ];
     for (name, path, mode, reason) in cases {
         let mounts = json!({ name: {"path": path, "mode": mode} });
@@ -216,6 +244,35 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
         assert!(ok.stdout.lines().any(|l| l == m), "{m}: {ok:?}");
     }
     assert_eq!(ok.stderr, "", "no refusals: {ok:?}");
+}
+
+/// `installSdk` names a folder that is bound into every sandbox: a client
+/// tricked into naming `~/.config` (or another user's home) must not give
+/// sandboxes the credentials in it.
+#[test]
+fn client_cannot_be_tricked_into_binding_credentials_as_the_sdk() {
+    let d = start();
+    d.home_file(".config/gh/hosts.yml", "oauth_token: gho_secret");
+    d.home_file(".config/claude", "#!/bin/sh\necho fake sdk\n");
+    let r = d.call(
+        "installSdk",
+        json!({"sdkSubpath": "", "version": ".config"}),
+    );
+    assert_eq!(r, json!({}), "answered as the reference does");
+    // Every mount's source folder, as the sandbox's mount table has it.
+    let out = sh(
+        &d,
+        "s",
+        "look",
+        "awk '{print $4}' /proc/self/mountinfo",
+        json!({}),
+    );
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert!(
+        !out.stdout.lines().any(|root| root.ends_with("/.config")),
+        "~/.config is bound into the sandbox: {out:?}"
+    );
+    assert!(d.log().contains("refused the SDK folder"), "{}", d.log());
 }
 
 /// A test about a root daemon: CI runs as root; elsewhere this says so
@@ -488,6 +545,89 @@ fn sandbox_cannot_plant_code_the_host_runs_in_the_project() {
         "and stays empty"
     );
     assert!(!proj.join(".gitconfig").exists(), "no placeholder files");
+}
+
+/// Git takes its config and hooks from wherever a `.git` pointer file or a
+/// worktree's `commondir` sends it: rewritten from inside, they would make
+/// the user's next `git status` on the host run a command of the sandbox's
+/// (red-team findings of 2026-12-01). Also repositories in hidden and build
+/// folders, and the other project files tools run.
+#[test]
+fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
+    let d = start();
+    let proj = d.home.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let git = |dir: &std::path::Path, args: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{GIT} {args}"))
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args}");
+    };
+    git(
+        &proj,
+        "init -q . && echo a > a && git add a && git -c user.name=t -c user.email=t@e commit -q -m a",
+    );
+    git(&proj, "worktree add -q ../wt");
+    for sub in ["build", ".tools"] {
+        std::fs::create_dir_all(proj.join(sub)).unwrap();
+        git(&proj.join(sub), "init -q .");
+    }
+    std::fs::create_dir_all(proj.join(".git/modules/lib")).unwrap();
+    std::fs::write(proj.join(".git/modules/lib/config"), "[core]\n").unwrap();
+    std::fs::create_dir_all(proj.join("lib")).unwrap();
+    std::fs::write(proj.join("lib/.git"), "gitdir: ../.git/modules/lib\n").unwrap();
+    for (file, content) in [
+        (".claude/settings.json", "{}"),
+        (".devcontainer/devcontainer.json", "{}"),
+        (".pre-commit-config.yaml", "repos: []"),
+        (".mise.toml", ""),
+    ] {
+        let path = proj.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    d.home_dir("proj");
+    d.home_dir("wt");
+    let mounts = json!({"additionalMounts": {
+        "proj": {"path": d.subpath("proj"), "mode": "rw"},
+        "wt": {"path": d.subpath("wt"), "mode": "rw"},
+    }});
+    let attacks = "cd /sessions/s/mnt/proj; \
+        echo 'gitdir: ../.git/modules/evil' > lib/.git 2>/dev/null && echo SUBMODULE-POINTER; \
+        echo '[core]' >> build/.git/config 2>/dev/null && echo BUILD-REPO-CONFIG; \
+        touch .tools/.git/hooks/post-checkout 2>/dev/null && echo HIDDEN-REPO-HOOK; \
+        echo /tmp/evil > .git/worktrees/wt/commondir 2>/dev/null && echo COMMONDIR; \
+        echo x > .git/worktrees/wt/gitdir 2>/dev/null && echo WORKTREE-GITDIR; \
+        echo x > .claude/settings.json 2>/dev/null && echo CLAUDE-SETTINGS; \
+        echo x > .devcontainer/devcontainer.json 2>/dev/null && echo DEVCONTAINER; \
+        echo x > .pre-commit-config.yaml 2>/dev/null && echo PRE-COMMIT; \
+        echo x > .mise.toml 2>/dev/null && echo MISE; \
+        cd /sessions/s/mnt/wt; \
+        echo 'gitdir: .y' > .git 2>/dev/null && echo WORKTREE-POINTER; \
+        echo done";
+    let out = sh(&d, "s", "redirect", attacks, mounts);
+    assert!(out.stdout.contains("done"), "{out:?}");
+    for planted in [
+        "SUBMODULE-POINTER",
+        "BUILD-REPO-CONFIG",
+        "HIDDEN-REPO-HOOK",
+        "COMMONDIR",
+        "WORKTREE-GITDIR",
+        "CLAUDE-SETTINGS",
+        "DEVCONTAINER",
+        "PRE-COMMIT",
+        "MISE",
+        "WORKTREE-POINTER",
+    ] {
+        assert!(!out.stdout.contains(planted), "{planted}: {out:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(proj.join("lib/.git")).unwrap(),
+        "gitdir: ../.git/modules/lib\n"
+    );
 }
 
 #[test]

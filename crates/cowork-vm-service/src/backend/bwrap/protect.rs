@@ -22,16 +22,6 @@ use crate::sys::pin::{kind_at, mkdir_beneath, open_path_beneath, read_small_bene
 const MAX_SUBFOLDERS: usize = 256;
 /// Git directories (the main one, submodules, repositories in subfolders).
 const MAX_GIT_DIRS: usize = 64;
-/// Folders not worth looking into for repositories.
-const SKIPPED: &[&str] = &[
-    "node_modules",
-    "target",
-    ".venv",
-    "venv",
-    "vendor",
-    "dist",
-    "build",
-];
 
 /// A bind that protects (or pins) something inside a mount.
 #[derive(Debug)]
@@ -88,6 +78,9 @@ impl Search<'_> {
         match kind_at(self.mount, &dot_git) {
             Some(FileType::Directory) => self.git_dir(dot_git),
             Some(FileType::RegularFile) => {
+                // The pointer itself: rewritten, it would name a git
+                // directory the sandbox made.
+                self.add(dot_git.clone());
                 if let Some(text) = read_small_beneath(self.mount, &dot_git, 4096)
                     && let Some(target) = parse_gitfile(&text)
                 {
@@ -179,10 +172,10 @@ pub fn protections(mount: &OwnedFd, host: &Path, opt_out: &[String]) -> Vec<Prot
         git_dirs: Vec::new(),
     };
     search.top_level(Path::new(""));
+    // Every subfolder, hidden and build folders too (`build/`, `.tools/`,
+    // `node_modules/` can hold a checkout): one stat each.
     for name in list_dirs(mount, Path::new(""), MAX_SUBFOLDERS) {
-        if !name.starts_with('.') && !SKIPPED.contains(&name.as_str()) {
-            search.repository(Path::new(&name));
-        }
+        search.repository(Path::new(&name));
     }
     protection_binds(&search.found)
         .into_iter()
@@ -223,6 +216,7 @@ mod tests {
             ".vscode",
             "app/.git",
             "node_modules/x/.git",
+            "build/.git",
             "lib",
         ] {
             std::fs::create_dir_all(proj.join(d)).unwrap();
@@ -237,13 +231,18 @@ mod tests {
         let want: Vec<(String, bool)> = [
             (".git", false),
             ("app", false),
+            ("build", false),
+            ("lib", false),
             (".git/modules", false),
             ("app/.git", false),
+            ("build/.git", false),
             (".git/modules/lib", false),
             (".mcp.json", true),
             (".git/config", true),
             (".git/hooks", true),
+            ("lib/.git", true),
             ("app/.git/hooks", true),
+            ("build/.git/hooks", true),
             (".git/modules/lib/config", true),
             (".git/modules/lib/hooks", true),
         ]
@@ -252,6 +251,9 @@ mod tests {
         .collect();
         assert_eq!(got, want);
         assert!(proj.join(".git/hooks").is_dir(), "missing hooks/ made");
-        assert!(!proj.join("node_modules/x/.git/hooks").exists(), "skipped");
+        assert!(
+            !proj.join("node_modules/x/.git/hooks").exists(),
+            "two levels down: not searched"
+        );
     }
 }
