@@ -31,6 +31,9 @@ use tracing_subscriber::prelude::*;
 pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 /// The target that marks lifecycle lines.
 pub const LIFECYCLE: &str = "lifecycle";
+/// Longest message text kept in one log line (a client can put megabytes
+/// into a field that gets logged, e.g. a signal name).
+const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// Whether debug logging was requested by the environment.
 pub fn debug_from_env() -> bool {
@@ -113,7 +116,10 @@ impl<S: Subscriber> Layer<S> for FileLayer {
         let mut text = MessageText::default();
         event.record(&mut text);
         let stamp = humantime::format_rfc3339_millis(SystemTime::now());
-        let line = format!("{stamp} [{label}] [cowork-vm-service] {}\n", text.0);
+        let line = format!(
+            "{stamp} [{label}] [cowork-vm-service] {}\n",
+            one_line(&text.0, MAX_MESSAGE_BYTES)
+        );
         if self.echo_errors && (*meta.level() == Level::ERROR || *meta.level() == Level::WARN) {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
@@ -121,6 +127,29 @@ impl<S: Subscriber> Layer<S> for FileLayer {
             file.write_line(line.as_bytes());
         }
     }
+}
+
+/// `text` as one log line of at most about `max` bytes: line breaks and
+/// other control characters escaped (text from a client, a path or a
+/// process's stderr cannot forge a line), the rest cut with its length said.
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    for c in text.chars() {
+        if out.len() >= max {
+            let _ = write!(out, "... ({} bytes in all)", text.len());
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[derive(Default)]
@@ -195,6 +224,26 @@ impl RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_cannot_be_forged_or_flooded() {
+        let forged = "x\n2026-12-01T00:00:00.000Z [lifecycle] [cowork-vm-service] SIGTERM";
+        let cases: &[(&str, usize, &str)] = &[
+            ("plain", 100, "plain"),
+            (
+                forged,
+                200,
+                "x\\n2026-12-01T00:00:00.000Z [lifecycle] [cowork-vm-service] SIGTERM",
+            ),
+            ("a\r\u{1b}[2Jb\tc", 100, "a\\r\\u{1b}[2Jb\tc"),
+            ("ééééé", 4, "éé... (10 bytes in all)"),
+        ];
+        for &(text, max, want) in cases {
+            assert_eq!(one_line(text, max), want, "{text:?}");
+        }
+        assert!(!one_line(&"\n".repeat(10_000), 4096).contains('\n'));
+        assert!(one_line(&"y".repeat(9 << 20), 4096).len() < 4200);
+    }
 
     #[test]
     fn rotating_file_keeps_one_old_copy() {

@@ -197,6 +197,39 @@ fn a_bubblewrap_that_disappears_fails_spawns_clearly_and_nothing_hangs() {
     assert_eq!(d.call("getDaemonInfo", json!({}))["backend"], "bwrap");
 }
 
+/// A client's strings end up in the always-on log (a path, a process id, a
+/// signal name): they must not forge lines there, nor push its history out.
+#[test]
+fn client_strings_cannot_forge_or_flood_log_lines() {
+    let d = Daemon::start("host");
+    let forged = "2026-01-01T00:00:00.000Z [lifecycle] [cowork-vm-service] SIGTERM received";
+    let r = d.call(
+        "installSdk",
+        json!({"sdkSubpath": format!("nowhere\n{forged}\n"), "version": "1"}),
+    );
+    assert_eq!(r, json!({}));
+    let mut c = d.connect();
+    let huge = "X".repeat(2 << 20);
+    let reply = c.request("kill", json!({"id": "nope", "signal": huge}));
+    assert_eq!(reply["success"], false, "{reply}");
+    assert!(d.call("isRunning", json!({}))["running"].is_boolean());
+    let log = d.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00.000Z")),
+        "a forged line: {log}"
+    );
+    assert!(
+        log.contains("nowhere\\n2026-01-01"),
+        "escaped, still readable: {log}"
+    );
+    assert!(
+        log.len() < 64 * 1024,
+        "a 2 MiB signal name is not logged whole ({} bytes)",
+        log.len()
+    );
+}
+
 #[test]
 fn an_unwritable_log_directory_does_not_stop_the_daemon() {
     let d = Daemon::start("host");
