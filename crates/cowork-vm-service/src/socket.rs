@@ -40,6 +40,17 @@ pub enum SocketError {
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     AlreadyServed { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "socket {path} is served by a process of another user (uid {owner}, pid {pid}), not by \
+         us (uid {me}): a client connecting there would talk to it; not starting. Remove it as \
+         root, and run with a private XDG_RUNTIME_DIR"
+    )]
+    ServedByAnotherUser {
+        path: PathBuf,
+        owner: u32,
+        pid: u32,
+        me: u32,
+    },
     #[error("cannot use socket path {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -84,9 +95,25 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         }
         Ok(meta) => match UnixStream::connect(path) {
             Ok(stream) => {
-                let pid = sockopt::socket_peercred(&stream)
-                    .ok()
-                    .map(|c| c.pid.as_raw_nonzero().get() as u32);
+                let cred = sockopt::socket_peercred(&stream).ok();
+                let me = rustix::process::geteuid().as_raw();
+                if let Some(c) = &cred
+                    && c.uid.as_raw() != me
+                {
+                    tracing::error!(
+                        "socket {} is served by uid {} (pid {}): possibly hijacked",
+                        path.display(),
+                        c.uid.as_raw(),
+                        c.pid.as_raw_nonzero()
+                    );
+                    return Err(SocketError::ServedByAnotherUser {
+                        path: path.to_path_buf(),
+                        owner: c.uid.as_raw(),
+                        pid: c.pid.as_raw_nonzero().get() as u32,
+                        me,
+                    });
+                }
+                let pid = cred.map(|c| c.pid.as_raw_nonzero().get() as u32);
                 return Err(SocketError::AlreadyServed {
                     path: path.to_path_buf(),
                     pid,

@@ -28,6 +28,44 @@ fn a_second_instance_does_not_steal_a_live_socket() {
     assert_eq!(d.call("isRunning", json!({})), json!({"running": false}));
 }
 
+/// The `/tmp` fallback is shared by every user: a socket another user put
+/// there first is named as such (a client connecting to it would talk to
+/// that user's process), not taken for our own daemon.
+#[test]
+fn a_socket_squatted_by_another_user_is_reported_as_such() {
+    let Some(user) = require_unprivileged_user() else {
+        eprintln!("not root: another user's daemon cannot be started; nothing checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("cowork-vm-service.sock");
+    let squatter = Daemon::start_with(Options {
+        backend: Some("host"),
+        socket: Some(socket.clone()),
+        user: Some(user.clone()),
+        ..Default::default()
+    });
+    let ours = Command::new(BIN)
+        .arg("--socket")
+        .arg(&socket)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(ours.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&ours.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "served by a process of another user (uid {}",
+            user.uid
+        )) && stderr.contains(&format!("pid {}", squatter.pid())),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_stale_socket_of_ours_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
