@@ -233,6 +233,23 @@ impl MountRules {
                 other.display()
             ));
         }
+        // The folders next to our home are other accounts' homes, whether or
+        // not the user database we read lists them (accounts made since,
+        // LDAP and SSSD users, systemd-homed).
+        for home in [&self.home, &self.home_real] {
+            if let Some(parent) = home.parent()
+                && parent != Path::new("/")
+                && !parent.as_os_str().is_empty()
+                && is_within(path, parent)
+                && path != parent
+            {
+                return Some(format!(
+                    "{} is in another user's home folder (next to yours under {})",
+                    path.display(),
+                    parent.display()
+                ));
+            }
+        }
         FORBIDDEN_TREES
             .iter()
             .find(|f| is_within(path, Path::new(f)))
@@ -589,6 +606,11 @@ mod tests {
                 Err("another user's home (/home/alice)"),
             ),
             ("/home/alice/proj", &user, Err("another user's home")),
+            (
+                "/home/newcomer/proj",
+                &user,
+                Err("another user's home folder"),
+            ),
             ("/home/u/.ssh", &user, Err("holds credentials (~/.ssh)")),
             ("/var/home/u/.gnupg/x", &user, Err("holds credentials")),
             ("/home/u/logs", &user, Err("symlink resolves to /var/log")),

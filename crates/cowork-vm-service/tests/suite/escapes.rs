@@ -172,6 +172,14 @@ fn sandbox_blocks_reading_the_daemons_session_keyring() {
 fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
     let d = start();
     let me = d.subpath("");
+    // An account made after the daemon started (or one the user database
+    // file does not list: LDAP, SSSD): its home sits next to ours.
+    let newcomer = d.home.parent().unwrap().join("newcomer/proj");
+    std::fs::create_dir_all(&newcomer).unwrap();
+    let newcomer = newcomer
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .to_string();
     let cases = [
         ("usrbin", "usr/bin", "rw", "/usr"),
         ("usrlocal", "usr/local", "ro", "/usr"),
@@ -207,6 +215,7 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
             "ro",
             "~/.local/share/cowork-vm-service",
         ),
+        ("newcomer", &newcomer, "ro", "another user's home folder"),
     ];
     for (name, path, mode, reason) in cases {
         let mounts = json!({ name: {"path": path, "mode": mode} });
