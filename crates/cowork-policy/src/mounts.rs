@@ -168,6 +168,15 @@ impl MountRules {
         if FORBIDDEN_EXACT.iter().any(|f| path == Path::new(f)) {
             return Some(format!("{} is a system path", path.display()));
         }
+        // A git directory's insides (its config and hooks) are kept
+        // read-only in a mounted project; mounted on their own they would
+        // not be.
+        if path.components().any(|c| c.as_os_str() == ".git") {
+            return Some(format!(
+                "{} is inside a git directory; mount the project that holds it",
+                path.display()
+            ));
+        }
         for home in [&self.home, &self.home_real] {
             if let Ok(rest) = path.strip_prefix(home)
                 && let Some(dir) = CREDENTIAL_DIRS

@@ -216,6 +216,12 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
             "~/.local/share/cowork-vm-service",
         ),
         ("newcomer", &newcomer, "ro", "another user's home folder"),
+        (
+            "dotgit",
+            &format!("{me}/proj/.git"),
+            "rw",
+            "inside a git directory",
+        ),
     ];
     for (name, path, mode, reason) in cases {
         let mounts = json!({ name: {"path": path, "mode": mode} });
@@ -598,11 +604,13 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
     }
+    git(&d.home, "init -q --bare bare.git");
     d.home_dir("proj");
     d.home_dir("wt");
     let mounts = json!({"additionalMounts": {
         "proj": {"path": d.subpath("proj"), "mode": "rw"},
         "wt": {"path": d.subpath("wt"), "mode": "rw"},
+        "bare": {"path": d.subpath("bare.git"), "mode": "rw"},
     }});
     let attacks = "cd /sessions/s/mnt/proj; \
         echo 'gitdir: ../.git/modules/evil' > lib/.git 2>/dev/null && echo SUBMODULE-POINTER; \
@@ -616,6 +624,9 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         echo x > .mise.toml 2>/dev/null && echo MISE; \
         cd /sessions/s/mnt/wt; \
         echo 'gitdir: .y' > .git 2>/dev/null && echo WORKTREE-POINTER; \
+        cd /sessions/s/mnt/bare; \
+        echo '[core]' >> config 2>/dev/null && echo BARE-CONFIG; \
+        touch hooks/post-receive 2>/dev/null && echo BARE-HOOK; \
         echo done";
     let out = sh(&d, "s", "redirect", attacks, mounts);
     assert!(out.stdout.contains("done"), "{out:?}");
@@ -630,6 +641,8 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         "PRE-COMMIT",
         "MISE",
         "WORKTREE-POINTER",
+        "BARE-CONFIG",
+        "BARE-HOOK",
     ] {
         assert!(!out.stdout.contains(planted), "{planted}: {out:?}");
     }

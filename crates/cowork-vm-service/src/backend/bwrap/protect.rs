@@ -101,7 +101,10 @@ impl Search<'_> {
         if self.git_dirs.contains(&git_dir) || self.git_dirs.len() >= MAX_GIT_DIRS {
             return;
         }
-        if kind_at(self.mount, &git_dir) != Some(FileType::Directory) {
+        // The empty path is the mount's root (a directory by construction).
+        if !git_dir.as_os_str().is_empty()
+            && kind_at(self.mount, &git_dir) != Some(FileType::Directory)
+        {
             return;
         }
         self.git_dirs.push(git_dir.clone());
@@ -134,6 +137,14 @@ impl Search<'_> {
             }
         }
     }
+}
+
+/// Whether the mount's root is a git directory itself (`HEAD`, `objects/`
+/// and `refs/`, as git recognizes one).
+fn is_git_dir(mount: &OwnedFd) -> bool {
+    kind_at(mount, Path::new("HEAD")) == Some(FileType::RegularFile)
+        && kind_at(mount, Path::new("objects")) == Some(FileType::Directory)
+        && kind_at(mount, Path::new("refs")) == Some(FileType::Directory)
 }
 
 /// Subdirectory names of `rel` (not symlinks), at most `max`.
@@ -172,6 +183,11 @@ pub fn protections(mount: &OwnedFd, host: &Path, opt_out: &[String]) -> Vec<Prot
         git_dirs: Vec::new(),
     };
     search.top_level(Path::new(""));
+    // A bare repository (or a git directory under another name) mounted
+    // as a whole: its own config and hooks.
+    if is_git_dir(mount) {
+        search.git_dir(PathBuf::new());
+    }
     // Every subfolder, hidden and build folders too (`build/`, `.tools/`,
     // `node_modules/` can hold a checkout): one stat each.
     for name in list_dirs(mount, Path::new(""), MAX_SUBFOLDERS) {
