@@ -168,6 +168,20 @@ pub struct GuestShare {
     pub tag: String,
     pub path: String,
     pub read_only: bool,
+    /// Paths inside a read-write share to bind onto themselves, in order
+    /// (the project files the user's tools run code from, and the folders
+    /// leading to them: see `cowork_policy::protect`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protect: Vec<GuestProtect>,
+}
+
+/// One bind of a path onto itself inside a share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestProtect {
+    /// Relative to the share, plain (no `..`, no root).
+    pub rel: String,
+    pub read_only: bool,
 }
 
 /// What is alive in the sandbox: processes the daemon asked for, and every

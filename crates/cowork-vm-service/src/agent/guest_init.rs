@@ -239,6 +239,9 @@ fn mount_shares(setup: &GuestSetup) -> Result<(), String> {
             flags |= libc::MS_RDONLY;
         }
         mount(&share.tag, &share.path, "virtiofs", flags)?;
+        for p in &share.protect {
+            protect_in_place(&share.path, p)?;
+        }
     }
     // An empty home of the user's, as bwrap gives (a tmpfs directory).
     if !setup.home.is_empty() && !Path::new(&setup.home).exists() {
@@ -249,6 +252,49 @@ fn mount_shares(setup: &GuestSetup) -> Result<(), String> {
             Some(rustix::process::Gid::from_raw(setup.gid)),
         )
         .map_err(|e| format!("chown {}: {e}", setup.home))?;
+    }
+    Ok(())
+}
+
+/// Binds a path of a share onto itself, read-only when asked: what bwrap's
+/// protection binds do (the folders leading to a protected path are bound
+/// first, so none can be renamed away). Runs before any process of the
+/// guest exists; the path was found on the host without following links.
+fn protect_in_place(share: &str, p: &cowork_protocol::agent::GuestProtect) -> Result<(), String> {
+    let Some(rel) = cowork_policy::protect::plain_relative(Path::new(&p.rel)) else {
+        return Err(format!(
+            "protected path {:?}: not a plain relative path",
+            p.rel
+        ));
+    };
+    let target = c_string(&Path::new(share).join(rel).to_string_lossy())?;
+    let bind = |flags: libc::c_ulong| {
+        // SAFETY: `target` is NUL-terminated and outlives the call; a NULL
+        // filesystem type and data are what a bind (remount) takes.
+        let r = unsafe {
+            libc::mount(
+                target.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "binding {share}/{}: {}",
+                p.rel,
+                io::Error::last_os_error()
+            ))
+        }
+    };
+    bind(libc::MS_BIND)?;
+    if p.read_only {
+        bind(
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        )?;
     }
     Ok(())
 }

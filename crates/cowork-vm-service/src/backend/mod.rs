@@ -18,6 +18,7 @@ pub mod host;
 pub mod kvm;
 pub mod netns;
 pub mod probe;
+pub mod protect;
 pub mod unavailable;
 
 use std::collections::HashSet;

@@ -32,6 +32,11 @@ impl Contract<'_> {
         let d = self.daemon;
         d.home_file("contract-ro/readme.txt", "read only\n");
         d.home_file("contract-rw/notes.txt", "héllo\n");
+        // Project files the user's tools run code from (see "Files" in the
+        // README): read-only inside wherever processes are isolated.
+        d.home_file("contract-rw/.git/config", "[core]\n");
+        d.home_file("contract-rw/.git/HEAD", "ref: refs/heads/main\n");
+        d.home_file("contract-rw/.envrc", "");
         // Both folders (and the files, writable on the host) the user's.
         d.home_dir("contract-ro");
         d.home_dir("contract-rw");
@@ -223,7 +228,10 @@ impl Contract<'_> {
             (at("contract-ro"), at("contract-rw"))
         };
         let script = "cat \"$1/readme.txt\" && echo written > \"$2/new.txt\" && \
-                      if echo x >> \"$1/readme.txt\" 2>/dev/null; then echo RO-WRITABLE; fi";
+                      if echo x >> \"$1/readme.txt\" 2>/dev/null; then echo RO-WRITABLE; fi; \
+                      if echo x >> \"$2/.git/config\" 2>/dev/null; then echo GIT-CONFIG-WRITABLE; fi; \
+                      if touch \"$2/.git/hooks/pre-commit\" 2>/dev/null; then echo HOOK-PLANTED; fi; \
+                      if echo x > \"$2/.envrc\" 2>/dev/null; then echo ENVRC-WRITABLE; fi; true";
         let out = self.run("mounts", &["/bin/sh", "-c", script, "sh", &ro, &rw]);
         assert_eq!(out.exit_code, Some(0), "{out:?}");
         assert!(out.stdout.starts_with("read only\n"), "{out:?}");
@@ -233,7 +241,18 @@ impl Contract<'_> {
             "a rw mount's writes reach the host"
         );
         if self.isolating {
-            assert!(!out.stdout.contains("RO-WRITABLE"), "{out:?}");
+            for planted in [
+                "RO-WRITABLE",
+                "GIT-CONFIG-WRITABLE",
+                "HOOK-PLANTED",
+                "ENVRC-WRITABLE",
+            ] {
+                assert!(!out.stdout.contains(planted), "{planted}: {out:?}");
+            }
+            assert_eq!(
+                std::fs::read_to_string(d.home.join("contract-rw/.git/config")).unwrap(),
+                "[core]\n"
+            );
             assert_eq!(
                 std::fs::read_to_string(d.home.join("contract-ro/readme.txt")).unwrap(),
                 "read only\n"

@@ -15,7 +15,6 @@
 
 mod config;
 mod identity;
-mod protect;
 mod sandbox;
 
 use std::collections::HashSet;

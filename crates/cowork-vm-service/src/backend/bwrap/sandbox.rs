@@ -28,12 +28,12 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use super::identity::Identity;
-use super::protect::protections;
 use crate::backend::PinnedMount;
 use crate::backend::agent_link::{self, AgentLink, LinkOptions};
 pub use crate::backend::agent_spawn::SandboxKey;
 use crate::backend::generations::Generation;
 use crate::backend::netns::Egress;
+use crate::backend::protect::protections;
 use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
 use crate::sys::cgroup_spawner::CgroupSpawner;

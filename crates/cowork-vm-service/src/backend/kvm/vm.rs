@@ -19,7 +19,9 @@ use cowork_policy::mounts::MountMode;
 use cowork_policy::qemu_argv::{
     Accel, Share, ShareMount, VmPlan, VmSize, plan_shares, qemu_argv, virtiofsd_argv,
 };
-use cowork_protocol::agent::{GuestSetup, GuestShare, ToAgent, method};
+use cowork_protocol::agent::{GuestProtect, GuestSetup, GuestShare, ToAgent, method};
+
+use crate::backend::protect::protections;
 use rustix::fs::OFlags;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::json;
@@ -170,6 +172,25 @@ impl Vm {
                 t
             }
         };
+        // The protected project files of each read-write mount (tag
+        // `m<i>`), found on the host through its pinned descriptor, as for
+        // bwrap; the guest's init binds them read-only.
+        let protect: Vec<Vec<GuestProtect>> = req
+            .mounts
+            .iter()
+            .map(|m| {
+                if m.mount.mode == MountMode::ReadOnly {
+                    return Vec::new();
+                }
+                protections(&m.dir.fd, &m.mount.host, &[])
+                    .into_iter()
+                    .map(|p| GuestProtect {
+                        rel: p.rel.to_string_lossy().into_owned(),
+                        read_only: p.read_only,
+                    })
+                    .collect()
+            })
+            .collect();
         let mut mounts = Vec::with_capacity(req.mounts.len());
         for m in req.mounts {
             let fd = m
@@ -271,6 +292,12 @@ impl Vm {
                     tag: s.tag.clone(),
                     path: s.guest.clone(),
                     read_only: s.mode == MountMode::ReadOnly,
+                    protect: s
+                        .tag
+                        .strip_prefix('m')
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .and_then(|i| protect.get(i).cloned())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             uid: env.uid,

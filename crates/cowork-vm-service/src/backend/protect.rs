@@ -1,5 +1,6 @@
 //! Finding, in a writable mount, the paths `cowork_policy::protect` keeps
-//! read-only, and opening them for binding.
+//! read-only, and opening them for binding. bwrap binds the descriptors;
+//! the microVM's init binds the same paths inside the guest.
 //!
 //! Everything is looked at through the mount's pinned descriptor, without
 //! following symlinks. Searched: the mount's top level, and one level of
