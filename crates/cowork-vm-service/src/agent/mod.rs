@@ -96,7 +96,9 @@ pub fn main(fd: RawFd, mode: AgentMode) -> ExitCode {
             // The session keyring came from the daemon's login session (its
             // keys are readable by whoever possesses it): the sandbox gets
             // an empty one of its own.
-            if let Err(e) = join_new_session_keyring() {
+            if !crate::sys::keyring::inherited_private()
+                && let Err(e) = crate::sys::keyring::join_new_session_keyring()
+            {
                 eprintln!("cowork-vm-service agent: cannot create a session keyring: {e}");
                 return ExitCode::from(2);
             }
@@ -163,38 +165,6 @@ fn confine_self() -> Result<(), String> {
 static CONFINEMENT: std::sync::OnceLock<cowork_policy::confine::ConfineReport> =
     std::sync::OnceLock::new();
 
-/// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session
-/// keyring for this process and everything it starts.
-fn join_new_session_keyring() -> std::io::Result<()> {
-    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
-    // SAFETY: a NULL name asks for a new anonymous keyring; no memory is
-    // passed to the kernel.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_keyctl,
-            KEYCTL_JOIN_SESSION_KEYRING,
-            std::ptr::null::<libc::c_char>(),
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        // Kernels built without keys support have nothing to leak.
-        if e.raw_os_error() == Some(libc::ENOSYS) {
-            return Ok(());
-        }
-        // Every live sandbox holds one key of its user's kernel quota.
-        if e.raw_os_error() == Some(libc::EDQUOT) {
-            return Err(std::io::Error::other(format!(
-                "{e}: the user's kernel key quota is used up (each live sandbox holds one key; \
-                 the default /proc/sys/kernel/keys/maxkeys is 200, see /proc/key-users); stop \
-                 idle sessions (stopVM) or raise maxkeys"
-            )));
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
 async fn serve(
     channel: OwnedFd,
     early: Option<EarlySpawn>,
@@ -237,7 +207,7 @@ pub(crate) fn serve_guest(
         eprintln!("cowork-vm-service agent: cannot become a child subreaper: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) = join_new_session_keyring() {
+    if let Err(e) = crate::sys::keyring::join_new_session_keyring() {
         eprintln!("cowork-vm-service agent: cannot create a session keyring: {e}");
         return ExitCode::from(2);
     }

@@ -30,6 +30,8 @@ struct Job {
 pub struct CgroupSpawner {
     manager: Arc<CgroupManager>,
     jobs: std::sync::Mutex<mpsc::Sender<Job>>,
+    /// The thread holds a private session keyring (see `sys::keyring`).
+    private_keyring: bool,
 }
 
 impl std::fmt::Debug for CgroupSpawner {
@@ -68,10 +70,21 @@ impl CgroupSpawner {
         let runtime = tokio::runtime::Handle::current();
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_manager = manager.clone();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("cowork-cgroups".into())
             .spawn(move || {
                 let _runtime = runtime.enter();
+                let joined = match super::keyring::join_new_session_keyring() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "no private session keyring for the sandboxes (each joins its own): {e}"
+                        );
+                        false
+                    }
+                };
+                let _ = ready_tx.send(joined);
                 let mut spare = Spare {
                     cgroup: None,
                     made: 0,
@@ -96,10 +109,19 @@ impl CgroupSpawner {
                     spare.refill(&thread_manager, &job.limits);
                 }
             })?;
+        let private_keyring = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the cgroup spawner thread is gone"))?;
         Ok(CgroupSpawner {
             manager,
             jobs: std::sync::Mutex::new(tx),
+            private_keyring,
         })
+    }
+
+    /// Whether sandboxes it starts inherit its private keyring.
+    pub fn private_keyring(&self) -> bool {
+        self.private_keyring
     }
 
     pub fn manager(&self) -> &CgroupManager {

@@ -4,7 +4,9 @@
 pub mod cgroup;
 pub mod cgroup_spawner;
 pub mod fds;
+pub mod keyring;
 pub mod pin;
 pub mod privileges;
 pub mod spawn;
+pub mod spawner;
 pub mod tree;

@@ -168,6 +168,43 @@ fn sandbox_blocks_reading_the_daemons_session_keyring() {
     assert!(out.stdout.starts_with("no key"), "{out:?}");
 }
 
+/// Keys the kernel counts for `uid` (`/proc/key-users`: "qnkeys/maxkeys").
+fn keys_of(uid: u32) -> usize {
+    let table = std::fs::read_to_string("/proc/key-users").unwrap_or_default();
+    table
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{uid}:")))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|q| q.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every live sandbox used to hold a key of its user's kernel quota (200 by
+/// default, shared with every program of the user): 200 sessions and no
+/// new sandbox starts, nor anything else of that user that needs a key.
+/// They now share the daemon's one private keyring.
+#[test]
+fn sandboxes_do_not_each_take_a_key_of_the_users_quota() {
+    let d = start();
+    let Some(uid) = d.user.as_ref().map(|u| u.uid) else {
+        eprintln!("not root: the test account's key count cannot be told apart; nothing checked");
+        return;
+    };
+    assert_eq!(sh(&d, "first", "k0", "true", json!({})).exit_code, Some(0));
+    let before = keys_of(uid);
+    for i in 1..=6 {
+        let out = sh(&d, &format!("keys{i}"), &format!("k{i}"), "true", json!({}));
+        assert_eq!(out.exit_code, Some(0), "{out:?}");
+    }
+    let after = keys_of(uid);
+    assert!(
+        after <= before + 1,
+        "6 more live sandboxes took {} more keys ({before} -> {after})",
+        after.saturating_sub(before)
+    );
+}
+
 #[test]
 fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
     let d = start();

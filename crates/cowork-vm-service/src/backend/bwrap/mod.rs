@@ -37,6 +37,7 @@ use crate::process_events::ProcessEvents;
 use crate::real_fs::RealFs;
 use crate::sys::cgroup::CgroupManager;
 use crate::sys::cgroup_spawner::CgroupSpawner;
+use crate::sys::spawner::SpawnerThread;
 use cowork_policy::net::AllowList;
 use identity::Identity;
 use sandbox::{Sandbox, SandboxEnv, SandboxKey, StartRequest};
@@ -130,6 +131,17 @@ impl BwrapBackend {
                 layout: host_layout(&fs),
                 path_var: settings.path_var,
                 identity,
+                spawner: if cgroups.is_some() {
+                    None
+                } else {
+                    match SpawnerThread::start() {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            tracing::warn!("cannot start the sandbox spawner thread: {e}");
+                            None
+                        }
+                    }
+                },
                 cgroups,
                 egress: settings.egress,
             },

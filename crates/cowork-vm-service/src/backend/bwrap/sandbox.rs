@@ -39,6 +39,7 @@ use crate::sessions::SessionDir;
 use crate::sys::cgroup_spawner::CgroupSpawner;
 use crate::sys::pin::pin_real;
 use crate::sys::spawn;
+use crate::sys::spawner::SpawnerThread;
 use cowork_policy::net::AllowList;
 use tokio::task::AbortHandle;
 
@@ -51,8 +52,11 @@ pub struct SandboxEnv {
     pub layout: HostLayout,
     pub path_var: Option<String>,
     pub identity: Identity,
-    /// Where per-session cgroups are made, when limits can be enforced.
+    /// Where per-session cgroups are made, when limits can be enforced
+    /// (its thread starts the sandboxes then) ...
     pub cgroups: Option<CgroupSpawner>,
+    /// ... else the thread that starts them (with a private keyring).
+    pub spawner: Option<SpawnerThread>,
     /// The network's way out.
     pub egress: Egress,
 }
@@ -190,7 +194,15 @@ impl Sandbox {
         })
         .to_json()
         .map_err(|e| format!("confinement plan: {e}"))?;
-        let agent_env = [(CONFINE_PLAN_ENV.to_string(), confine)];
+        let private_keyring = match (&env.cgroups, &env.spawner) {
+            (Some(c), _) => c.private_keyring(),
+            (None, Some(t)) => t.private_keyring(),
+            (None, None) => false,
+        };
+        let mut agent_env = vec![(CONFINE_PLAN_ENV.to_string(), confine)];
+        if private_keyring {
+            agent_env.push(crate::sys::keyring::inherited_env());
+        }
         let tmpfs = TmpfsSizes::for_memory(limits.memory_bytes);
         let root_masks = match &env.identity {
             Identity::Root { masks } => Some(masks),
@@ -247,10 +259,16 @@ impl Sandbox {
                 Ok((cg, child)) => (Some(Arc::new(cg)), child),
                 Err(e) => return Err(format!("cannot run {}: {e}", env.bwrap.display())),
             },
-            None => (
-                None,
-                spawn_it().map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?,
-            ),
+            None => {
+                let spawned = match &env.spawner {
+                    Some(thread) => thread.run(Box::new(spawn_it)),
+                    None => spawn_it(),
+                };
+                (
+                    None,
+                    spawned.map_err(|e| format!("cannot run {}: {e}", env.bwrap.display()))?,
+                )
+            }
         };
         let bwrap_pid = child
             .id()

@@ -1,0 +1,73 @@
+//! The thread every sandbox is started from (when no cgroup thread does
+//! it, see `cgroup_spawner`): it holds a private session keyring (see
+//! `keyring`), which bubblewrap and everything in the sandbox inherit.
+
+use std::sync::mpsc;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The spawner thread's handle.
+#[derive(Debug)]
+pub struct SpawnerThread {
+    jobs: std::sync::Mutex<mpsc::Sender<Job>>,
+    private_keyring: bool,
+}
+
+impl SpawnerThread {
+    /// Starts the thread (inside the tokio runtime: children it spawns are
+    /// registered with it).
+    pub fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("cowork-sandboxes".into())
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                let joined = match super::keyring::join_new_session_keyring() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "no private session keyring for the sandboxes (each joins its own): {e}"
+                        );
+                        false
+                    }
+                };
+                let _ = ready_tx.send(joined);
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        let private_keyring = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the sandbox spawner thread is gone"))?;
+        Ok(Self {
+            jobs: std::sync::Mutex::new(tx),
+            private_keyring,
+        })
+    }
+
+    /// Whether sandboxes it starts inherit its private keyring.
+    pub fn private_keyring(&self) -> bool {
+        self.private_keyring
+    }
+
+    /// Runs `spawn` on the thread; blocks the caller for it only.
+    pub fn run<T: Send + 'static>(
+        &self,
+        spawn: Box<dyn FnOnce() -> std::io::Result<T> + Send>,
+    ) -> std::io::Result<T> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = reply_tx.send(spawn());
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| std::io::Error::other("the sandbox spawner thread is gone"))?;
+        reply_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the sandbox spawner thread is gone"))?
+    }
+}
