@@ -136,13 +136,34 @@ pub const CREDENTIAL_DIRS: &[&str] = &[
 pub const HOST_CODE_DIRS: &[&str] = &[
     ".config/git",
     ".config/fish",
+    ".config/zsh",
+    ".oh-my-zsh",
+    ".bashrc.d",
     ".config/autostart",
     ".config/systemd",
     ".config/environment.d",
+    ".config/plasma-workspace",
+    ".local/share/applications",
+    ".config/nvim",
+    ".config/Code",
     ".config/claude-desktop-debian",
+    ".config/Claude/logs",
+    ".config/Claude/Claude Extensions",
+    ".config/Claude/claude-code-vm",
+    ".config/Claude/claude-code",
     ".local/bin",
+    ".cargo",
     ".local/share/cowork-vm-service",
+    // Browsers' and sync tools' stored logins.
+    ".mozilla",
+    ".config/google-chrome",
+    ".config/chromium",
+    ".config/BraveSoftware",
+    ".config/rclone",
 ];
+/// Where the desktop client keeps the Claude Code binaries `installSdk`
+/// names (bound read-only into sandboxes; never mounted).
+pub const SDK_STORE: &str = ".config/Claude/claude-code-vm";
 /// Folders that may be mounted from inside, never as a whole: the desktop
 /// client's own configuration (its MCP servers, this daemon's config file)
 /// sits directly in it, its skills and SDK folders below.
@@ -222,8 +243,8 @@ impl MountRules {
                 .find(|d| rest.starts_with(Path::new(d)))
             {
                 return Some(format!(
-                    "{} is where your session runs code from or this daemon keeps its state \
-                     (~/{dir})",
+                    "{} is where your own session runs code from or keeps logins, or where this \
+                     daemon keeps its state (~/{dir})",
                     path.display()
                 ));
             }
@@ -282,6 +303,31 @@ pub fn check_mount_source(host: &Path, rules: &MountRules, fs: &dyn FsView) -> R
         return Err(format!("symlink resolves to {}: {reason}", real.display()));
     }
     Ok(())
+}
+
+/// Checks the folder `installSdk` names, bound read-only into every
+/// sandbox: inside the client's SDK store it must be reached without a
+/// symlink (a sandbox that could write there must not make it point
+/// elsewhere); anywhere else, the rules of a mount.
+pub fn check_sdk_folder(dir: &Path, rules: &MountRules, fs: &dyn FsView) -> Result<(), String> {
+    let normalized = normalize(dir);
+    let in_store = [&rules.home, &rules.home_real]
+        .iter()
+        .any(|h| !h.as_os_str().is_empty() && is_within(&normalized, &h.join(SDK_STORE)));
+    if in_store {
+        return match fs.canonicalize(&normalized) {
+            Some(real) if real == normalized => Ok(()),
+            Some(real) => Err(format!(
+                "{} resolves to {} through a symlink",
+                normalized.display(),
+                real.display()
+            )),
+            // Nothing there yet: nothing is bound (a later `claude` fails
+            // naming the path).
+            None => Ok(()),
+        };
+    }
+    check_mount_source(&normalized, rules, fs)
 }
 
 /// Builds a session's mount map from the mounts recorded by `mountPath`
@@ -578,7 +624,24 @@ mod tests {
                 Err("contains ~/.config/Claude"),
             ),
             ("/home/u/.config/Claude/skills", &user, Ok(())),
-            ("/home/u/.config/nvim", &user, Ok(())),
+            ("/home/u/.config/nvim", &user, Err("~/.config/nvim")),
+            (
+                "/home/u/.config/Claude/claude-code-vm",
+                &user,
+                Err("~/.config/Claude/claude-code-vm"),
+            ),
+            (
+                "/home/u/.config/Claude/logs",
+                &user,
+                Err("~/.config/Claude/logs"),
+            ),
+            ("/home/u/.cargo/bin", &user, Err("runs code from")),
+            ("/home/u/.mozilla/firefox", &user, Err("runs code from")),
+            (
+                "/home/u/.config/Claude/local-agent-mode-sessions",
+                &user,
+                Ok(()),
+            ),
             ("/home/u/.config/git", &user, Err("~/.config/git")),
             ("/home/u/.config/systemd/user", &user, Err("runs code from")),
             ("/home/u/.local/bin", &user, Err("~/.local/bin")),
@@ -639,5 +702,42 @@ mod tests {
             check_mount_source(Path::new("/home/u/proj"), &root, &fs).is_err(),
             "root's daemon does not mount a user's home"
         );
+    }
+
+    #[test]
+    fn sdk_folder_table() {
+        let fs = FakeFs::new()
+            .dir("/home/u/.config/Claude/claude-code-vm/2.1.0")
+            .dir("/home/u/.local/share/keyrings")
+            .symlink(
+                "/home/u/.config/Claude/claude-code-vm/2.1.1",
+                "/home/u/.local/share",
+            )
+            .dir("/home/u/tools/sdk/1.0");
+        let user = MountRules {
+            home: "/home/u".into(),
+            home_real: "/home/u".into(),
+            other_homes: vec![],
+        };
+        let cases: &[(&str, Result<(), &str>)] = &[
+            ("/home/u/.config/Claude/claude-code-vm/2.1.0", Ok(())),
+            (
+                "/home/u/.config/Claude/claude-code-vm/2.1.1",
+                Err("through a symlink"),
+            ),
+            ("/home/u/.config/Claude/claude-code-vm/9.9", Ok(())),
+            ("/home/u/tools/sdk/1.0", Ok(())),
+            ("/home/u/.config", Err("contains ~/.config/")),
+            ("/home/u", Err("is your home folder")),
+            ("/home/u/.local/share", Err("contains ~/.local/share/")),
+        ];
+        for &(dir, want) in cases {
+            let got = check_sdk_folder(Path::new(dir), &user, &fs);
+            match (want, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(part), Err(reason)) => assert!(reason.contains(part), "{dir}: {reason}"),
+                (want, got) => panic!("{dir}: want {want:?}, got {got:?}"),
+            }
+        }
     }
 }

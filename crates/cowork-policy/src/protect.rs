@@ -103,9 +103,29 @@ pub const TOP_LEVEL: &[Protected] = &[
         why: "Claude Code's project hooks, run by a `claude` on the host",
     },
     Protected {
+        name: ".claude/settings.local.json",
+        kind: Kind::File,
+        why: "Claude Code's local project hooks, run by a `claude` on the host",
+    },
+    Protected {
+        name: ".claude/hooks",
+        kind: Kind::Dir,
+        why: "the scripts Claude Code's project hooks run",
+    },
+    Protected {
         name: ".devcontainer",
         kind: Kind::Dir,
         why: "dev container commands (`postCreateCommand`) editors run",
+    },
+    Protected {
+        name: ".devcontainer.json",
+        kind: Kind::File,
+        why: "dev container commands (`postCreateCommand`) editors run",
+    },
+    Protected {
+        name: "mise.toml",
+        kind: Kind::File,
+        why: "mise tasks and hooks run when the user enters the folder",
     },
     Protected {
         name: ".pre-commit-config.yaml",

@@ -143,7 +143,13 @@ fn one_line(text: &str, max: usize) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push('\t'),
-            c if c.is_control() => {
+            // Controls, and what viewers take for line breaks or use to
+            // reorder text (line and paragraph separators, bidi controls).
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
@@ -237,6 +243,7 @@ mod tests {
             ),
             ("a\r\u{1b}[2Jb\tc", 100, "a\\r\\u{1b}[2Jb\tc"),
             ("ééééé", 4, "éé... (10 bytes in all)"),
+            ("a\u{2028}b\u{202e}c", 100, "a\\u{2028}b\\u{202e}c"),
         ];
         for &(text, max, want) in cases {
             assert_eq!(one_line(text, max), want, "{text:?}");

@@ -15,7 +15,8 @@ use cowork_policy::command::sdk_binary_path;
 use cowork_policy::env::{EnvMap, apply_oauth_tokens, base_env, sandbox_env};
 use cowork_policy::fs_view::FsView;
 use cowork_policy::mounts::{
-    Mount, MountMap, MountMode, MountRules, build_mount_map, check_mount_source, guest_session,
+    Mount, MountMap, MountMode, MountRules, build_mount_map, check_mount_source, check_sdk_folder,
+    guest_session,
 };
 use cowork_policy::names::{validate_mount_name, validate_session_name};
 use cowork_policy::paths::resolve_subpath;
@@ -454,6 +455,19 @@ impl Service {
                 state.approved_token.clone(),
             )
         };
+        // Checked again at every spawn: the folder could have been swapped
+        // for a symlink since `installSdk` (by a sandbox that can write near
+        // it).
+        let sdk_binary = sdk_binary.filter(|sdk| match sdk.parent() {
+            Some(dir) => match check_sdk_folder(dir, &self.mount_rules, &RealFs) {
+                Ok(()) => true,
+                Err(reason) => {
+                    tracing::warn!("spawn {}: the SDK folder is refused: {reason}", p.id);
+                    false
+                }
+            },
+            None => false,
+        });
         let additional = p.additional_mounts.map(|m| m.0).unwrap_or_default();
         let (mounts, rejected) = build_mount_map(&additional, &binds, &self.mount_rules, &RealFs);
         for r in &rejected {
@@ -703,7 +717,7 @@ impl Service {
         // (no system trees, other users' homes, credential folders, nor a
         // folder containing them).
         if let Some(dir) = path.parent()
-            && let Err(reason) = check_mount_source(dir, &self.mount_rules, &RealFs)
+            && let Err(reason) = check_sdk_folder(dir, &self.mount_rules, &RealFs)
         {
             tracing::warn!("installSdk: refused the SDK folder: {reason}");
             self.state().sdk_binary = None;

@@ -211,6 +211,13 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
     let me = d.subpath("");
     // An account made after the daemon started (or one the user database
     // file does not list: LDAP, SSSD): its home sits next to ours.
+    for dir in [
+        ".config/Claude/claude-code-vm",
+        ".config/Claude/logs",
+        ".cargo/bin",
+    ] {
+        d.home_dir(dir);
+    }
     let newcomer = d.home.parent().unwrap().join("newcomer/proj");
     std::fs::create_dir_all(&newcomer).unwrap();
     let newcomer = newcomer
@@ -259,6 +266,19 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
             "rw",
             "inside a git directory",
         ),
+        (
+            "sdkstore",
+            &format!("{me}/.config/Claude/claude-code-vm"),
+            "rw",
+            "must not reach",
+        ),
+        (
+            "claudelogs",
+            &format!("{me}/.config/Claude/logs"),
+            "rw",
+            "must not reach",
+        ),
+        ("cargo", &format!("{me}/.cargo/bin"), "rw", "runs code from"),
     ];
     for (name, path, mode, reason) in cases {
         let mounts = json!({ name: {"path": path, "mode": mode} });
@@ -642,6 +662,22 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         std::fs::write(path, content).unwrap();
     }
     git(&d.home, "init -q --bare bare.git");
+    // A submodule whose path has a slash keeps its git directory at
+    // .git/modules/libs/foo; a bare repository and hooks/includes that the
+    // (read-only) config names.
+    std::fs::create_dir_all(proj.join(".git/modules/libs")).unwrap();
+    std::fs::create_dir_all(proj.join("libs/foo")).unwrap();
+    git(
+        &proj,
+        "init -q --separate-git-dir=.git/modules/libs/foo libs/foo",
+    );
+    git(&proj, "init -q --bare store.git");
+    git(
+        &proj,
+        "config core.hooksPath .husky/_ && git config include.path config.local",
+    );
+    std::fs::create_dir_all(proj.join(".husky/_")).unwrap();
+    std::fs::write(proj.join(".git/config.local"), "").unwrap();
     d.home_dir("proj");
     d.home_dir("wt");
     let mounts = json!({"additionalMounts": {
@@ -659,6 +695,12 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         echo x > .devcontainer/devcontainer.json 2>/dev/null && echo DEVCONTAINER; \
         echo x > .pre-commit-config.yaml 2>/dev/null && echo PRE-COMMIT; \
         echo x > .mise.toml 2>/dev/null && echo MISE; \
+        echo '[core]' >> .git/modules/libs/foo/config 2>/dev/null && echo SLASH-SUBMODULE-CONFIG; \
+        echo 'gitdir: /tmp/x' > libs/foo/.git 2>/dev/null && echo SLASH-SUBMODULE-POINTER; \
+        echo '[core]' >> store.git/config 2>/dev/null && echo BARE-SUBFOLDER-CONFIG; \
+        touch store.git/hooks/post-receive 2>/dev/null && echo BARE-SUBFOLDER-HOOK; \
+        touch .husky/_/pre-commit 2>/dev/null && echo HOOKS-PATH; \
+        echo '[core]' >> .git/config.local 2>/dev/null && echo INCLUDED-CONFIG; \
         cd /sessions/s/mnt/wt; \
         echo 'gitdir: .y' > .git 2>/dev/null && echo WORKTREE-POINTER; \
         cd /sessions/s/mnt/bare; \
@@ -680,6 +722,12 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         "WORKTREE-POINTER",
         "BARE-CONFIG",
         "BARE-HOOK",
+        "SLASH-SUBMODULE-CONFIG",
+        "SLASH-SUBMODULE-POINTER",
+        "BARE-SUBFOLDER-CONFIG",
+        "BARE-SUBFOLDER-HOOK",
+        "HOOKS-PATH",
+        "INCLUDED-CONFIG",
     ] {
         assert!(!out.stdout.contains(planted), "{planted}: {out:?}");
     }
@@ -687,6 +735,94 @@ fn sandbox_cannot_redirect_git_to_a_config_it_wrote() {
         std::fs::read_to_string(proj.join("lib/.git")).unwrap(),
         "gitdir: ../.git/modules/lib\n"
     );
+}
+
+/// A sandbox can make folders in its project's git directory; the search
+/// for what to protect is bounded, and used to stop quietly at the bound:
+/// padded by one sandbox, the next one got the rest unprotected. Past the
+/// bound the mount is now refused read-write, saying why.
+#[test]
+fn sandbox_cannot_pad_a_project_until_protection_stops() {
+    let d = start();
+    let proj = d.home.join("proj");
+    std::fs::create_dir_all(proj.join(".git/hooks")).unwrap();
+    std::fs::write(proj.join(".git/config"), "[core]\n").unwrap();
+    for i in 0..600 {
+        std::fs::create_dir_all(proj.join(format!(".git/worktrees/w{i}"))).unwrap();
+    }
+    std::fs::create_dir_all(proj.join("app/.git")).unwrap();
+    std::fs::write(proj.join("app/.git/config"), "[core]\n").unwrap();
+    d.home_dir("proj");
+    let rw = json!({"additionalMounts": {"proj": {"path": d.subpath("proj"), "mode": "rw"}}});
+    let out = sh(
+        &d,
+        "s",
+        "padded",
+        "echo '[core]' >> /sessions/s/mnt/proj/app/.git/config && echo WRITTEN",
+        rw,
+    );
+    assert!(!out.stdout.contains("WRITTEN"), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot all be kept read-only"),
+        "says why: {out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(proj.join("app/.git/config")).unwrap(),
+        "[core]\n"
+    );
+    let ro = json!({"additionalMounts": {"proj": {"path": d.subpath("proj"), "mode": "ro"}}});
+    let out = sh(
+        &d,
+        "s2",
+        "readonly",
+        "cat /sessions/s2/mnt/proj/app/.git/config",
+        ro,
+    );
+    assert_eq!(out.exit_code, Some(0), "read-only still works: {out:?}");
+}
+
+/// The SDK folder checked at `installSdk` and again at every spawn: swapped
+/// for a symlink afterwards (to a folder holding credentials), it is not
+/// bound into the next sandbox.
+#[test]
+fn sandbox_cannot_swap_the_sdk_folder_for_a_symlink() {
+    let d = start();
+    let store = ".config/Claude/claude-code-vm";
+    d.home_file(&format!("{store}/2.1.0/claude"), "#!/bin/sh\necho sdk\n");
+    d.home_file(".local/share/keyrings/login.keyring", "KEYRING-SECRET");
+    d.home_file(".local/share/claude", "");
+    d.home_dir(".local/share");
+    let sdk = d.home.join(store).join("2.1.0/claude");
+    std::fs::set_permissions(&sdk, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = d.call(
+        "installSdk",
+        json!({"sdkSubpath": d.subpath(store), "version": "2.1.0"}),
+    );
+    assert_eq!(r, json!({}));
+    let mounted = |id: &str| {
+        let out = sh(
+            &d,
+            id,
+            id,
+            "awk '{print $4}' /proc/self/mountinfo",
+            json!({}),
+        );
+        assert_eq!(out.exit_code, Some(0), "{out:?}");
+        out.stdout
+    };
+    assert!(
+        mounted("before").lines().any(|r| r.ends_with("/2.1.0")),
+        "the SDK is bound"
+    );
+    let version = d.home.join(store).join("2.1.0");
+    std::fs::rename(&version, d.home.join(store).join("kept")).unwrap();
+    std::os::unix::fs::symlink(d.home.join(".local/share"), &version).unwrap();
+    let after = mounted("after");
+    assert!(
+        !after.lines().any(|r| r.ends_with("/.local/share")),
+        "{after}"
+    );
+    assert!(d.log().contains("the SDK folder is refused"), "{}", d.log());
 }
 
 #[test]

@@ -135,7 +135,7 @@ fn plan_mounts(
             mode: m.mount.mode,
         });
         if m.mount.mode == MountMode::ReadWrite {
-            for p in protections(&m.dir.fd, &m.mount.host, &config.writable_protected) {
+            for p in protections(&m.dir.fd, &m.mount.host, &config.writable_protected)? {
                 extra.push(ExtraBind {
                     dest: format!("{mnt}/{}/{}", m.mount.name, p.rel.display()),
                     mode: if p.read_only {

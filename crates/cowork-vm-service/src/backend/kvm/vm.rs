@@ -180,17 +180,17 @@ impl Vm {
             .iter()
             .map(|m| {
                 if m.mount.mode == MountMode::ReadOnly {
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
-                protections(&m.dir.fd, &m.mount.host, &[])
+                Ok(protections(&m.dir.fd, &m.mount.host, &[])?
                     .into_iter()
                     .map(|p| GuestProtect {
                         rel: p.rel.to_string_lossy().into_owned(),
                         read_only: p.read_only,
                     })
-                    .collect()
+                    .collect())
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let mut mounts = Vec::with_capacity(req.mounts.len());
         for m in req.mounts {
             let fd = m
