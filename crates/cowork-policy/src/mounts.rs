@@ -296,6 +296,20 @@ pub fn check_mount_source(host: &Path, rules: &MountRules, fs: &dyn FsView) -> R
     if let Some(reason) = rules.forbidden_reason(&normalized) {
         return Err(reason);
     }
+    // Inside a git directory under any name (`foo.git/hooks`): its config
+    // and hooks would be writable on their own.
+    if let Some(git_dir) = normalized
+        .ancestors()
+        .skip(1)
+        .take(4)
+        .find(|a| is_git_dir(a, fs))
+    {
+        return Err(format!(
+            "{} is inside the git directory {}; mount the project that holds it",
+            normalized.display(),
+            git_dir.display()
+        ));
+    }
     if let Some(real) = fs.canonicalize(&normalized)
         && real != normalized
         && let Some(reason) = rules.forbidden_reason(&real)
@@ -303,6 +317,15 @@ pub fn check_mount_source(host: &Path, rules: &MountRules, fs: &dyn FsView) -> R
         return Err(format!("symlink resolves to {}: {reason}", real.display()));
     }
     Ok(())
+}
+
+/// Whether `dir` holds what makes a git directory (`HEAD`, `objects`,
+/// `refs`).
+fn is_git_dir(dir: &Path, fs: &dyn FsView) -> bool {
+    dir.parent().is_some()
+        && ["HEAD", "objects", "refs"]
+            .iter()
+            .all(|n| fs.exists(&dir.join(n)))
 }
 
 /// Checks the folder `installSdk` names, bound read-only into every
@@ -577,6 +600,10 @@ mod tests {
     fn mount_source_table() {
         let fs = FakeFs::new()
             .dir("/home/u")
+            .dir("/home/u/store/foo.git/hooks")
+            .dir("/home/u/store/foo.git/objects")
+            .dir("/home/u/store/foo.git/refs")
+            .file("/home/u/store/foo.git/HEAD", false)
             .dir("/etc")
             .dir("/var/home/u/proj")
             .dir("/var/log")

@@ -218,6 +218,13 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
     ] {
         d.home_dir(dir);
     }
+    let bare = std::process::Command::new("git")
+        .args(["init", "-q", "--bare"])
+        .arg(d.home.join("store/foo.git"))
+        .status()
+        .unwrap();
+    assert!(bare.success());
+    d.home_dir("store");
     let newcomer = d.home.parent().unwrap().join("newcomer/proj");
     std::fs::create_dir_all(&newcomer).unwrap();
     let newcomer = newcomer
@@ -279,6 +286,12 @@ fn client_cannot_be_tricked_into_mounting_system_trees_or_other_homes() {
             "must not reach",
         ),
         ("cargo", &format!("{me}/.cargo/bin"), "rw", "runs code from"),
+        (
+            "barehooks",
+            &format!("{me}/store/foo.git/hooks"),
+            "rw",
+            "inside the git directory",
+        ),
     ];
     for (name, path, mode, reason) in cases {
         let mounts = json!({ name: {"path": path, "mode": mode} });
