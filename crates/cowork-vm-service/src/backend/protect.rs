@@ -104,8 +104,16 @@ impl Search<'_> {
                     }
                 }
             }
+            Some(FileType::Symlink) => self.unprotectable(&dot_git),
             _ => {}
         }
+    }
+
+    fn unprotectable(&self, rel: &Path) {
+        tracing::warn!(
+            "{} is a symlink: it cannot be kept read-only in the sandbox",
+            self.host.join(rel).display()
+        );
     }
 
     fn git_dir(&mut self, git_dir: PathBuf) {
@@ -137,6 +145,8 @@ impl Search<'_> {
             }
             if matches(found, *kind) {
                 self.add(rel);
+            } else if found == Some(FileType::Symlink) {
+                self.unprotectable(&rel);
             }
         }
         // A worktree's git directory names the shared one.
