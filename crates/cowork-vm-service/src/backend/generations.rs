@@ -13,7 +13,7 @@
 //! queries (`busy`, `newest_current`) never wait for a start.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use cowork_protocol::agent::{AgentStatus, method};
@@ -223,6 +223,22 @@ async fn has_nothing_running(link: &AgentLink) -> bool {
         Ok(v) => serde_json::from_value::<AgentStatus>(v)
             .is_ok_and(|s| s.tracked == 0 && s.other_processes == 0),
         Err(_) => !link.is_alive(),
+    }
+}
+
+/// Reaps the sessions of `backend` every `tick`, until the backend is gone.
+pub async fn reap_while_alive<B, G: Generation>(
+    backend: Weak<B>,
+    sessions_of: fn(&B) -> &Sessions<G>,
+    idle_timeout: Duration,
+    tick: Duration,
+) {
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(backend) = backend.upgrade() else {
+            return;
+        };
+        sessions_of(&backend).reap(idle_timeout).await;
     }
 }
 

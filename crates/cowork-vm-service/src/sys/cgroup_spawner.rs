@@ -75,15 +75,7 @@ impl CgroupSpawner {
             .name("cowork-cgroups".into())
             .spawn(move || {
                 let _runtime = runtime.enter();
-                let joined = match super::keyring::join_new_session_keyring() {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(
-                            "no private session keyring for the sandboxes (each joins its own): {e}"
-                        );
-                        false
-                    }
-                };
+                let joined = super::keyring::join_for_sandboxes();
                 let _ = ready_tx.send(joined);
                 let mut spare = Spare {
                     cgroup: None,

@@ -61,3 +61,17 @@ pub fn join_new_session_keyring() -> io::Result<()> {
         _ => Err(e),
     }
 }
+
+/// Joins a private session keyring on the calling thread (a sandbox
+/// spawner's); whether it did (else each sandbox joins its own: logged).
+pub fn join_for_sandboxes() -> bool {
+    match join_new_session_keyring() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "no private session keyring for the sandboxes (each joins its own): {e}"
+            );
+            false
+        }
+    }
+}

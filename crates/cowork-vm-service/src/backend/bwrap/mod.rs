@@ -20,7 +20,7 @@ mod sandbox;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +30,7 @@ use cowork_policy::selection::BackendKind;
 use cowork_protocol::params::StartVmParams;
 
 use super::agent_spawn::{agent_command, agent_request, mount_path_inside};
-use super::generations::Sessions;
+use super::generations::{Sessions, reap_while_alive};
 use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::process_events::ProcessEvents;
@@ -149,7 +149,17 @@ impl BwrapBackend {
             sessions: Sessions::default(),
             generation: AtomicU64::new(0),
         });
-        tokio::spawn(reap_idle(Arc::downgrade(&backend), settings.idle_timeout));
+        // A tick is cheap (the agent is asked only about sandboxes with
+        // nothing tracked that are old or idle long enough), so finished
+        // generations go within a second.
+        let tick =
+            (settings.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        tokio::spawn(reap_while_alive(
+            Arc::downgrade(&backend),
+            |b: &BwrapBackend| &b.sessions,
+            settings.idle_timeout,
+            tick,
+        ));
         Ok(backend)
     }
 
@@ -198,21 +208,6 @@ impl BwrapBackend {
         )?;
         slot.install(key, sandbox.clone(), job);
         Ok(sandbox)
-    }
-}
-
-/// Periodically tears down idle sandboxes and finished generations. A tick
-/// is cheap (the agent is asked only about sandboxes with nothing tracked
-/// that are old or idle long enough), so finished generations go within a
-/// second.
-async fn reap_idle(backend: Weak<BwrapBackend>, idle_timeout: Duration) {
-    let tick = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    loop {
-        tokio::time::sleep(tick).await;
-        let Some(backend) = backend.upgrade() else {
-            return;
-        };
-        backend.sessions.reap(idle_timeout).await;
     }
 }
 

@@ -54,7 +54,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use super::agent_spawn::{SandboxKey, agent_command, agent_request, mount_path_inside};
-use super::generations::Sessions;
+use super::generations::{Sessions, reap_while_alive};
 use super::netns::Egress;
 use super::{Backend, BackendError, SpawnJob, Spawned, VmFlags};
 use crate::events::EventHub;
@@ -123,7 +123,12 @@ impl KvmBackend {
             this: this.clone(),
             restarts,
         });
-        tokio::spawn(reap_idle(Arc::downgrade(&backend), idle));
+        tokio::spawn(reap_while_alive(
+            Arc::downgrade(&backend),
+            |b: &KvmBackend| &b.sessions,
+            idle,
+            Duration::from_secs(1),
+        ));
         let weak = Arc::downgrade(&backend);
         tokio::spawn(async move {
             while let Some((session, dead)) = restart_rx.recv().await {
@@ -619,17 +624,6 @@ async fn netmux_serve(
         Some(Box::new(ours) as Box<dyn crate::netmux::Conn>)
     });
     crate::netmux::run(stream, None, Some(on_open)).await;
-}
-
-/// Stops finished generations and idle session VMs.
-async fn reap_idle(backend: Weak<KvmBackend>, idle_timeout: Duration) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some(backend) = backend.upgrade() else {
-            return;
-        };
-        backend.sessions.reap(idle_timeout).await;
-    }
 }
 
 #[async_trait]
