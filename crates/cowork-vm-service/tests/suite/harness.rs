@@ -575,6 +575,19 @@ pub fn collect(events: &mut Client, id: &str, timeout: Duration) -> Outcome {
 /// Spawns `argv` in session `session` and collects its outcome, using a
 /// fresh subscription.
 pub fn run_in(d: &Daemon, session: &str, id: &str, argv: &[&str], extra: Value) -> Outcome {
+    run_in_within(d, session, id, argv, extra, None)
+}
+
+/// [`run_in`], the spawn call allowed `call_timeout` (a microVM boots on a
+/// session's first spawn).
+pub fn run_in_within(
+    d: &Daemon,
+    session: &str,
+    id: &str,
+    argv: &[&str],
+    extra: Value,
+    call_timeout: Option<Duration>,
+) -> Outcome {
     let mut events = d.connect();
     events.subscribe();
     let mut params = json!({
@@ -587,7 +600,11 @@ pub fn run_in(d: &Daemon, session: &str, id: &str, argv: &[&str], extra: Value) 
     if let (Value::Object(p), Value::Object(x)) = (&mut params, extra) {
         p.extend(x);
     }
-    d.call("spawn", params);
+    let mut c = d.connect();
+    if let Some(t) = call_timeout {
+        c.stream.set_read_timeout(Some(t)).expect("read timeout");
+    }
+    c.call("spawn", params);
     collect(&mut events, id, Duration::from_secs(30))
 }
 

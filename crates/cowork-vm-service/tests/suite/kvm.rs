@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use super::contract::Contract;
 use super::harness::{
-    Client, Daemon, Options, Outcome, collect, eventually, http_upstream, require_unprivileged_user,
+    Client, Daemon, Options, Outcome, collect, eventually, http_upstream,
+    require_unprivileged_user, run_in_within,
 };
 
 /// Where scripts/test.sh prepares the guest (overridable).
@@ -100,20 +101,7 @@ fn call_slow(d: &Daemon, method: &str, params: Value) -> Value {
 
 /// `harness::run_in` with [`SLOW_CALL`] for the spawn.
 fn run_vm(d: &Daemon, session: &str, id: &str, argv: &[&str], extra: Value) -> Outcome {
-    let mut events = d.connect();
-    events.subscribe();
-    let mut params = json!({
-        "id": id,
-        "name": session,
-        "command": argv[0],
-        "args": argv[1..],
-        "isResume": false,
-    });
-    if let (Value::Object(p), Value::Object(x)) = (&mut params, extra) {
-        p.extend(x);
-    }
-    call_slow(d, "spawn", params);
-    collect(&mut events, id, Duration::from_secs(30))
+    run_in_within(d, session, id, argv, extra, Some(SLOW_CALL))
 }
 
 fn sh(d: &Daemon, id: &str, script: &str, extra: Value) -> Outcome {
