@@ -17,6 +17,12 @@ fn main() -> ExitCode {
     {
         return cowork_vm_service::backend::kvm::guard::main(&argv[2..]);
     }
+    if argv
+        .get(1)
+        .is_some_and(|a| a == cowork_vm_service::sys::exec_stub::EXEC_STUB_SUBCOMMAND)
+    {
+        return cowork_vm_service::sys::exec_stub::main(&argv[2..]);
+    }
     if let Some((fd, mode)) = agent_fast_path(&argv) {
         return agent::main(fd, mode);
     }

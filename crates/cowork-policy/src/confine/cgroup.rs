@@ -67,6 +67,76 @@ pub fn v2_plan(limits: &SessionLimits, swap_file: bool) -> Vec<CgroupWrite> {
     out
 }
 
+/// What the daemon finds at its own cgroup v2 directory.
+#[derive(Debug, Clone, Copy)]
+pub struct V2Subtree<'a> {
+    /// The directory, for messages.
+    pub dir: &'a Path,
+    /// `cgroup.controllers`: what its parent lets it give its children.
+    pub controllers: &'a str,
+    /// `cgroup.procs`: the processes in it.
+    pub procs: &'a str,
+    /// The daemon's pid.
+    pub own_pid: u32,
+    /// Whether the daemon may write the directory, its `cgroup.procs` and
+    /// `cgroup.subtree_control` (the three files of a delegation).
+    pub writable: bool,
+}
+
+/// Whether sessions get cgroup v2 cgroups under the daemon's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum V2Decision {
+    /// Yes: the daemon moves into a leaf of its own, enables `enable` for
+    /// the session cgroups; `missing` are not delegated (not enforced).
+    Use {
+        enable: Vec<&'static str>,
+        missing: Vec<&'static str>,
+    },
+    /// No, and why (for `getDaemonInfo` and `--doctor`).
+    Refuse(String),
+}
+
+/// cgroup v2 can hold sessions only where the daemon's cgroup is
+/// delegated to it (writable) and holds no process but the daemon: a
+/// cgroup with processes cannot enable controllers for its children (the
+/// no-internal-processes rule), so the daemon first moves itself into a
+/// leaf below it, which would strand any other process above.
+pub fn v2_decision(found: &V2Subtree<'_>) -> V2Decision {
+    let dir = found.dir.display();
+    if !found.writable {
+        return V2Decision::Refuse(format!(
+            "the daemon's cgroup v2 {dir} is not delegated to it (not writable)"
+        ));
+    }
+    let others = found
+        .procs
+        .split_whitespace()
+        .filter(|p| p.parse::<u32>() != Ok(found.own_pid))
+        .count();
+    if others > 0 {
+        return V2Decision::Refuse(format!(
+            "the daemon's cgroup v2 {dir} also holds {others} other process{} (a cgroup with \
+             processes in it cannot give controllers to session cgroups)",
+            if others == 1 { "" } else { "es" }
+        ));
+    }
+    let available: Vec<&str> = found.controllers.split_whitespace().collect();
+    let (enable, missing) = CONTROLLERS.iter().partition(|c| available.contains(c));
+    V2Decision::Use { enable, missing }
+}
+
+/// The `cgroup.subtree_control` line that enables `controllers`.
+pub fn subtree_control_line(controllers: &[&str]) -> String {
+    controllers
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The daemon's own leaf below its parent directory on cgroup v2.
+pub const V2_DAEMON_LEAF: &str = "daemon";
+
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcCgroup {
@@ -319,6 +389,82 @@ mod tests {
             ]
         );
         assert_eq!(v2_plan(&limits(), false).len(), 3);
+    }
+
+    #[test]
+    fn v2_decision_table() {
+        let dir = Path::new(
+            "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/cowork.service",
+        );
+        let found = |controllers, procs, writable| V2Subtree {
+            dir,
+            controllers,
+            procs,
+            own_pid: 42,
+            writable,
+        };
+        let use_ = |enable: &[&'static str], missing: &[&'static str]| V2Decision::Use {
+            enable: enable.to_vec(),
+            missing: missing.to_vec(),
+        };
+        let cases: [(V2Subtree<'_>, Result<V2Decision, &str>); 8] = [
+            // A systemd service with Delegate=yes: everything delegated.
+            (
+                found("cpuset cpu io memory hugetlb pids rdma misc", "42\n", true),
+                Ok(use_(&["memory", "pids", "cpu"], &[])),
+            ),
+            // Delegate=memory pids: no CPU limit.
+            (
+                found("memory pids", "42\n", true),
+                Ok(use_(&["memory", "pids"], &["cpu"])),
+            ),
+            // A hybrid host's unified hierarchy: nothing to enable, the
+            // sessions are still placed (and say so).
+            (
+                found("", "42\n", true),
+                Ok(use_(&[], &["memory", "pids", "cpu"])),
+            ),
+            // Empty (the daemon already moved into its leaf at an earlier
+            // detection) counts as its own.
+            (
+                found("memory pids cpu", "", true),
+                Ok(use_(&["memory", "pids", "cpu"], &[])),
+            ),
+            // Not delegated.
+            (
+                found("memory pids cpu", "42\n", false),
+                Err("not delegated"),
+            ),
+            // The app scope of a desktop shared with the client's Electron.
+            (
+                found("memory pids cpu", "7\n42\n99\n", true),
+                Err("2 other processes"),
+            ),
+            (
+                found("memory pids cpu", "42\n7\n", true),
+                Err("1 other process ("),
+            ),
+            (
+                found("memory pids cpu", "garbage\n", true),
+                Err("1 other process"),
+            ),
+        ];
+        for (found, want) in cases {
+            let got = v2_decision(&found);
+            match (&got, want) {
+                (got, Ok(want)) => assert_eq!(got, &want, "{found:?}"),
+                (V2Decision::Refuse(reason), Err(part)) => {
+                    assert!(reason.contains(part), "{reason}");
+                    assert!(reason.contains(&dir.display().to_string()), "{reason}");
+                }
+                (got, Err(part)) => panic!("{found:?}: {got:?}, wanted a refusal with {part}"),
+            }
+        }
+        assert_eq!(
+            subtree_control_line(&["memory", "pids", "cpu"]),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(subtree_control_line(&[]), "");
     }
 
     #[test]

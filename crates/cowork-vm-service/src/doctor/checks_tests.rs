@@ -22,11 +22,12 @@ fn healthy() -> Facts {
         seccomp: true,
         arch: "x86_64".into(),
         cgroup: CgroupLimits {
-            detected: Err("cgroup v2 is delegated at \
-                 /sys/fs/cgroup/user.slice/user-1000.slice/app.slice but starting bwrap inside a \
-                 session cgroup needs clone3(CLONE_INTO_CGROUP) or a systemd scope, not \
-                 implemented yet"
+            detected: Err("the daemon's cgroup v2 \
+                 /sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-claude.scope \
+                 also holds 4 other processes (a cgroup with processes in it cannot give \
+                 controllers to session cgroups)"
                 .into()),
+            unenforced: None,
             v1_hierarchies: false,
             root: false,
         },
@@ -107,7 +108,7 @@ fn machines_table() {
                 "[PASS] bwrap: /usr/bin/bwrap (bubblewrap 0.8.0)",
                 "[PASS] Landlock ABI 7: every sandbox gets its Landlock rules",
                 "[PASS] seccomp: every sandbox installs the deny list (3 filters,",
-                "[INFO] session limits (memory, CPU, processes) are not enforced: cgroup v2",
+                "[WARN] session limits (memory, CPU, processes) are not enforced: the daemon's cgroup v2",
                 "KVM (optional: only for COWORK_VM_BACKEND=kvm)",
                 "[INFO] /dev/kvm is missing",
                 "[INFO] qemu-system-x86_64 not found on PATH",
@@ -316,6 +317,7 @@ fn machines_table() {
             |f| {
                 f.cgroup = CgroupLimits {
                     detected: Err("memory (/sys/fs/cgroup/memory) is not writable".into()),
+                    unenforced: None,
                     v1_hierarchies: true,
                     root: false,
                 };
@@ -337,6 +339,7 @@ fn machines_table() {
             |f| {
                 f.cgroup = CgroupLimits {
                     detected: Ok("cgroup v1 (memory, pids, cpu): /sys/fs/cgroup/memory/d".into()),
+                    unenforced: None,
                     v1_hierarchies: true,
                     root: true,
                 };

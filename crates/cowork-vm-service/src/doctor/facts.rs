@@ -36,6 +36,9 @@ pub struct CgroupLimits {
     /// `Ok`: where session cgroups are made (`CgroupManager::describe`);
     /// `Err`: why they cannot be.
     pub detected: Result<String, String>,
+    /// With `Ok`: limits that are still not enforced, and why (controllers
+    /// a cgroup v2 subtree lacks).
+    pub unenforced: Option<String>,
     /// cgroup v1 hierarchies of `memory`, `pids` and `cpu` are mounted.
     pub v1_hierarchies: bool,
     /// This process runs as root.
@@ -300,10 +303,13 @@ fn cgroup_limits() -> CgroupLimits {
         .unwrap_or_default();
     // Where, without this process's own (temporary) directory name.
     let ours = format!("/{}", daemon_dir_name(std::process::id()));
+    let inspected = crate::sys::cgroup::CgroupManager::inspect();
     CgroupLimits {
-        detected: crate::sys::cgroup::CgroupManager::detect()
+        detected: inspected
+            .as_ref()
             .map(|m| m.describe().replace(&ours, ""))
-            .map_err(|e| e.reason),
+            .map_err(|e| e.reason.clone()),
+        unenforced: inspected.as_ref().ok().and_then(|m| m.unenforced()),
         v1_hierarchies: CONTROLLERS.iter().all(|c| v1_mount(&mounts, c).is_some()),
         root: rustix::process::geteuid().is_root(),
     }

@@ -11,10 +11,14 @@
 //!   the daemon's own cgroups (from `/proc/self/cgroup`), e.g. a daemon
 //!   running as root on a v1 or hybrid host: session cgroups are created
 //!   there, under `cowork-vm-service-<pid>/`;
-//! * **cgroup v2** with a writable delegated subtree (the daemon's own
-//!   cgroup, `0::/...`, writable with `memory pids cpu` available). This
-//!   is detected and reported but not used yet (see below), so it comes
-//!   back as [`NotEnforced`] with that reason;
+//! * **cgroup v2** with a delegated subtree: the daemon's own cgroup
+//!   (`0::/...`), writable by it and holding no other process (a systemd
+//!   service with `Delegate=yes`, say). The daemon moves itself into
+//!   `<own>/cowork-vm-service-<pid>/daemon` (a cgroup with processes in it
+//!   cannot give controllers to its children), enables the delegated ones
+//!   of `memory pids cpu` for `<own>/cowork-vm-service-<pid>/`, and makes
+//!   session cgroups there. Controllers the subtree lacks are reported as
+//!   not enforced; the sessions are still placed;
 //! * otherwise [`NotEnforced`] with the reason (for `--doctor` and
 //!   `getDaemonInfo`).
 //!
@@ -38,15 +42,11 @@
 //! thread visits; the visit itself counts one task in `pids.current`.
 //!
 //! On cgroup v2 threads of one process cannot sit in different (domain)
-//! cgroups, so this trick does not exist. What would be needed: spawning
-//! bwrap with `clone3(CLONE_INTO_CGROUP)` (glibc 2.39's
-//! `posix_spawnattr_setcgroup_np` does exactly that and keeps
-//! posix_spawn's speed; Debian 12 has 2.36), or a transient systemd scope
-//! per session (`StartTransientUnit` over D-Bus, or `systemd-run --user
-//! --scope`), and in both cases a daemon that is not itself a process in
-//! the cgroup whose `cgroup.subtree_control` enables the controllers (the
-//! no-internal-processes rule): it would first move itself into a leaf
-//! such as `<own>/daemon`.
+//! cgroups, so this trick does not exist: a stub process waits in the
+//! spare cgroup instead and execs bwrap when asked (`sys::exec_stub`).
+//! Not done: a transient systemd scope (`StartTransientUnit` with
+//! `Delegate=yes`) for a daemon that shares its cgroup with other
+//! processes (a desktop's app scope holding the client too).
 
 use std::fs;
 use std::io;
@@ -54,8 +54,9 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use cowork_policy::confine::cgroup::{
-    CONTROLLERS, CgroupMount, cgroup_dir, daemon_dir_name, keyed_value, parse_cgroup_mounts,
-    parse_proc_cgroup, session_dir_name, v1_mount, v1_path, v1_plan, v2_path,
+    CONTROLLERS, CgroupMount, V2_DAEMON_LEAF, V2Decision, V2Subtree, cgroup_dir, daemon_dir_name,
+    keyed_value, parse_cgroup_mounts, parse_proc_cgroup, session_dir_name, subtree_control_line,
+    v1_mount, v1_path, v1_plan, v2_decision, v2_path, v2_plan,
 };
 use cowork_policy::confine::limits::SessionLimits;
 
@@ -87,16 +88,39 @@ pub enum CgroupError {
     Read { path: PathBuf, source: io::Error },
     #[error("the thread's own {0} cgroup is not mounted where it can be written")]
     ThreadCgroup(&'static str),
+    #[error("starting an exec stub for a cgroup v2 session: {0}")]
+    Stub(#[source] io::Error),
     #[error("removing {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
 }
 
-/// Where session cgroups are made: one parent directory per controller
-/// (`<hierarchy>/<daemon's cgroup>/cowork-vm-service-<pid>`).
+/// Where session cgroups are made: on v1 one parent directory per
+/// controller (`<hierarchy>/<daemon's cgroup>/cowork-vm-service-<pid>`),
+/// on v2 one (`<daemon's cgroup>/cowork-vm-service-<pid>`).
 #[derive(Debug)]
 pub struct CgroupManager {
     parents: Vec<Controller>,
     swap_accounting: bool,
+    /// `Some` on cgroup v2 (then `parents` holds the one directory).
+    v2: Option<V2Controllers>,
+}
+
+/// The controllers of a cgroup v2 subtree.
+#[derive(Debug, Clone)]
+struct V2Controllers {
+    enabled: Vec<&'static str>,
+    missing: Vec<&'static str>,
+    /// The daemon's own cgroup, for messages.
+    own: PathBuf,
+}
+
+/// Which cgroup version the manager uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// A thread can visit a session's cgroups (`enter_current_thread`).
+    V1,
+    /// Only whole processes move (`adopt_process`).
+    V2,
 }
 
 #[derive(Debug, Clone)]
@@ -108,8 +132,19 @@ struct Controller {
 
 impl CgroupManager {
     /// Finds where this daemon can create per-session cgroups, creates its
-    /// parent directories, and removes empty ones left by dead daemons.
+    /// parent directories, and removes empty ones left by dead daemons. On
+    /// cgroup v2 this moves the daemon into a leaf of its own cgroup.
     pub fn detect() -> Result<CgroupManager, NotEnforced> {
+        Self::detect_with(true)
+    }
+
+    /// What [`Self::detect`] would find, for `--doctor`: on cgroup v2 the
+    /// calling process is not moved and no directory is made.
+    pub fn inspect() -> Result<CgroupManager, NotEnforced> {
+        Self::detect_with(false)
+    }
+
+    fn detect_with(take_over: bool) -> Result<CgroupManager, NotEnforced> {
         let read = |path: &str| {
             fs::read_to_string(path).map_err(|e| not_enforced(format!("reading {path}: {e}")))
         };
@@ -131,14 +166,18 @@ impl CgroupManager {
             }
         }
         if !missing.is_empty() {
-            return Err(not_enforced(v2_reason(&mounts, &own).unwrap_or_else(
-                || {
-                    format!(
-                        "{}; run the daemon where these are delegated (as root on cgroup v1)",
-                        missing.join(", ")
-                    )
-                },
-            )));
+            let has_v1 = CONTROLLERS.iter().any(|c| v1_mount(&mounts, c).is_some());
+            let v1 = has_v1.then(|| {
+                format!(
+                    "{}; run the daemon where these are delegated (as root on cgroup v1)",
+                    missing.join(", ")
+                )
+            });
+            return match (detect_v2(&mounts, &own, take_over), v1) {
+                (Ok(m), _) => Ok(m),
+                (Err(v2), Some(v1)) => Err(not_enforced(format!("{v1}; {v2}"))),
+                (Err(v2), None) => Err(not_enforced(v2)),
+            };
         }
         let pid = std::process::id();
         let mut parents = Vec::with_capacity(found.len());
@@ -165,11 +204,51 @@ impl CgroupManager {
         Ok(CgroupManager {
             parents,
             swap_accounting,
+            v2: None,
+        })
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        match self.v2 {
+            Some(_) => CgroupVersion::V2,
+            None => CgroupVersion::V1,
+        }
+    }
+
+    /// Which limits are not enforced although session cgroups are made
+    /// (controllers a cgroup v2 subtree was not given), and why.
+    pub fn unenforced(&self) -> Option<String> {
+        let v2 = self.v2.as_ref()?;
+        (!v2.missing.is_empty()).then(|| {
+            format!(
+                "the {} controller{} {} not delegated to the daemon's cgroup v2 {} \
+                 (missing from its cgroup.controllers), so those limits are not enforced",
+                v2.missing.join(", "),
+                if v2.missing.len() == 1 { "" } else { "s" },
+                if v2.missing.len() == 1 { "is" } else { "are" },
+                v2.own.display()
+            )
         })
     }
 
     /// One line for `--doctor` and logs.
     pub fn describe(&self) -> String {
+        if let Some(v2) = &self.v2 {
+            let dirs: Vec<String> = self
+                .parents
+                .iter()
+                .map(|c| c.parent.display().to_string())
+                .collect();
+            return format!(
+                "cgroup v2 ({}): {}",
+                if v2.enabled.is_empty() {
+                    "no controllers".to_string()
+                } else {
+                    v2.enabled.join(", ")
+                },
+                dirs.join(" ")
+            );
+        }
         let dirs: Vec<String> = self
             .parents
             .iter()
@@ -193,7 +272,12 @@ impl CgroupManager {
         cgroup: &SessionCgroup,
         limits: &SessionLimits,
     ) -> Result<(), CgroupError> {
-        for w in v1_plan(limits, self.swap_accounting) {
+        let plan = match (&self.v2, cgroup.dirs.first()) {
+            (Some(_), Some(d)) => v2_plan(limits, d.dir.join("memory.swap.max").exists()),
+            (Some(_), None) => Vec::new(),
+            (None, _) => v1_plan(limits, self.swap_accounting),
+        };
+        for w in plan {
             let Some(dir) = cgroup.dir(w.controller) else {
                 continue;
             };
@@ -219,6 +303,7 @@ impl CgroupManager {
         let mut cgroup = SessionCgroup {
             dirs: Vec::with_capacity(self.parents.len()),
             removed: false,
+            v2_enabled: self.v2.as_ref().map(|v2| v2.enabled.clone()),
         };
         for c in &self.parents {
             let dir = c.parent.join(&name);
@@ -255,20 +340,61 @@ struct SessionDir {
     mount: CgroupMount,
 }
 
-/// The cgroups of one session sandbox (one directory per controller).
+/// The cgroups of one session sandbox (one directory per controller on
+/// v1, one in all on v2).
 #[derive(Debug)]
 pub struct SessionCgroup {
     dirs: Vec<SessionDir>,
     removed: bool,
+    /// On cgroup v2: the controllers enabled for it.
+    v2_enabled: Option<Vec<&'static str>>,
 }
 
 impl SessionCgroup {
-    /// The directory of `controller` (`memory`, `pids`, `cpu`).
+    /// The directory of `controller` (`memory`, `pids`, `cpu`), if it
+    /// limits this session.
     pub fn dir(&self, controller: &str) -> Option<&Path> {
+        if let Some(enabled) = &self.v2_enabled {
+            return enabled
+                .contains(&controller)
+                .then(|| self.dirs.first().map(|d| d.dir.as_path()))
+                .flatten();
+        }
         self.dirs
             .iter()
             .find(|d| d.controller == controller)
             .map(|d| d.dir.as_path())
+    }
+
+    /// On cgroup v2, the session's directory (whatever it limits).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.v2_enabled
+            .as_ref()
+            .and(self.dirs.first())
+            .map(|d| d.dir.as_path())
+    }
+
+    /// Whether no process is left in it (or it cannot be read).
+    pub fn is_empty(&self) -> bool {
+        self.dirs.iter().all(|d| {
+            fs::read_to_string(d.dir.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
+        })
+    }
+
+    /// Moves process `pid` (all its threads) into this session's cgroups.
+    /// Slow on a quiet system (an RCU grace period): only off the path of
+    /// a command, as for a spare's exec stub.
+    pub fn adopt_process(&self, pid: u32) -> Result<(), CgroupError> {
+        let pid = pid.to_string();
+        for d in &self.dirs {
+            let file = if self.v2_enabled.is_some() {
+                "cgroup.procs"
+            } else {
+                "tasks"
+            };
+            write_tid(&d.dir.join(file), &pid)?;
+        }
+        Ok(())
     }
 
     /// Moves the calling thread (only it) into this session's cgroups
@@ -276,6 +402,9 @@ impl SessionCgroup {
     /// posix_spawn or fork, are born in them. Serialize calls: while the
     /// thread is here, everything it starts belongs to this session.
     pub fn enter_current_thread(&self) -> Result<ThreadGuard, CgroupError> {
+        if self.v2_enabled.is_some() {
+            return Err(CgroupError::ThreadCgroup("v2"));
+        }
         let tid = rustix::thread::gettid().as_raw_nonzero().get().to_string();
         let mine = read("/proc/thread-self/cgroup")?;
         let mine = parse_proc_cgroup(&mine);
@@ -298,6 +427,9 @@ impl SessionCgroup {
     /// Moves the calling thread (only it) into this session's cgroups for
     /// good (see [`Self::enter_current_thread`] for a visit).
     pub fn adopt_current_thread(&self) -> Result<(), CgroupError> {
+        if self.v2_enabled.is_some() {
+            return Err(CgroupError::ThreadCgroup("v2"));
+        }
         let tid = rustix::thread::gettid().as_raw_nonzero().get().to_string();
         for d in &self.dirs {
             write_tid(&d.dir.join("tasks"), &tid)?;
@@ -306,10 +438,15 @@ impl SessionCgroup {
     }
 
     /// Processes of the session killed by the OOM killer so far (`oom_kill`
-    /// of v1's `memory.oom_control`, Linux 4.13+); 0 when unreadable.
+    /// of v1's `memory.oom_control`, Linux 4.13+, or of v2's
+    /// `memory.events`); 0 when unreadable.
     pub fn oom_kills(&self) -> u64 {
+        let file = match self.v2_enabled {
+            Some(_) => "memory.events",
+            None => "memory.oom_control",
+        };
         self.dir("memory")
-            .and_then(|d| fs::read_to_string(d.join("memory.oom_control")).ok())
+            .and_then(|d| fs::read_to_string(d.join(file)).ok())
             .and_then(|text| keyed_value(&text, "oom_kill"))
             .unwrap_or(0)
     }
@@ -415,31 +552,83 @@ fn sweep_stale(dir: &Path) {
     }
 }
 
-/// On a host whose v1 controllers are not usable: the v2 situation, if
-/// there is a delegated v2 subtree, explained.
-fn v2_reason(
+/// Session cgroups on cgroup v2 under the daemon's own cgroup (see the
+/// module doc), or why not. With `take_over` the daemon moves into its
+/// leaf and enables the controllers; without, nothing changes (the
+/// doctor's view).
+fn detect_v2(
     mounts: &[CgroupMount],
     own: &[cowork_policy::confine::cgroup::ProcCgroup],
-) -> Option<String> {
-    let unified = mounts.iter().find(|m| m.v1_controllers.is_none())?;
-    let dir = cgroup_dir(unified, v2_path(own)?)?;
-    let controllers = fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
-    let available: Vec<&str> = controllers.split_whitespace().collect();
-    if !CONTROLLERS.iter().all(|c| available.contains(c)) {
-        return None;
+    take_over: bool,
+) -> Result<CgroupManager, String> {
+    let unified = mounts
+        .iter()
+        .find(|m| m.v1_controllers.is_none())
+        .ok_or("no cgroup v2 hierarchy is mounted")?;
+    let dir = v2_path(own)
+        .and_then(|path| cgroup_dir(unified, path))
+        .ok_or("the daemon's cgroup v2 is not below the mounted hierarchy")?;
+    let read_in = |file: &str| {
+        fs::read_to_string(dir.join(file))
+            .map_err(|e| format!("reading {}: {e}", dir.join(file).display()))
+    };
+    let controllers = read_in("cgroup.controllers")?;
+    let procs = read_in("cgroup.procs")?;
+    let can_write = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    let writable = can_write(&dir)
+        && can_write(&dir.join("cgroup.procs"))
+        && can_write(&dir.join("cgroup.subtree_control"));
+    let pid = std::process::id();
+    let (enabled, missing) = match v2_decision(&V2Subtree {
+        dir: &dir,
+        controllers: &controllers,
+        procs: &procs,
+        own_pid: pid,
+        writable,
+    }) {
+        V2Decision::Use { enable, missing } => (enable, missing),
+        V2Decision::Refuse(reason) => return Err(reason),
+    };
+    let parent = dir.join(daemon_dir_name(pid));
+    if take_over {
+        let fail = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+            format!("{what} {}: {e}", path.display())
+        };
+        let leaf = parent.join(V2_DAEMON_LEAF);
+        for d in [&parent, &leaf] {
+            match fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail("creating", d, &e)),
+            }
+        }
+        // Out of the way first: a cgroup with processes in it cannot
+        // enable controllers for its children.
+        let procs_file = leaf.join("cgroup.procs");
+        fs::write(&procs_file, pid.to_string())
+            .map_err(|e| fail("moving the daemon into", &procs_file, &e))?;
+        sweep_stale(&dir);
+        if !enabled.is_empty() {
+            let line = subtree_control_line(&enabled);
+            for d in [&dir, &parent] {
+                let file = d.join("cgroup.subtree_control");
+                fs::write(&file, &line)
+                    .map_err(|e| fail(&format!("writing {line:?} to"), &file, &e))?;
+            }
+        }
     }
-    let delegated = rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_ok();
-    Some(if delegated {
-        format!(
-            "cgroup v2 is delegated at {} but starting bwrap inside a session cgroup needs \
-             clone3(CLONE_INTO_CGROUP) or a systemd scope, not implemented yet",
-            dir.display()
-        )
-    } else {
-        format!(
-            "cgroup v2 at {} is not writable by the daemon (no delegation)",
-            dir.display()
-        )
+    Ok(CgroupManager {
+        parents: vec![Controller {
+            name: "unified",
+            mount: unified.clone(),
+            parent,
+        }],
+        swap_accounting: false,
+        v2: Some(V2Controllers {
+            enabled,
+            missing,
+            own: dir,
+        }),
     })
 }
 

@@ -10,20 +10,27 @@
 //! starts the next sandbox there (bubblewrap and everything in it are born
 //! in the cgroup), hands the cgroup over to that session, and only then
 //! moves into a new spare, off the path of any command.
+//!
+//! On cgroup v2 a thread cannot visit: the spare holds an exec stub
+//! instead (`sys::exec_stub`), a process of ours started and moved into
+//! the spare ahead of time, which execs the session's bwrap when asked.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 
 use cowork_policy::confine::limits::SessionLimits;
 
-use super::cgroup::{CgroupError, CgroupManager, SessionCgroup};
+use super::cgroup::{CgroupError, CgroupManager, CgroupVersion, SessionCgroup};
+use super::exec_stub::Stub;
+use super::spawn::ChildSpec;
 
-/// Something to start, on the spawner thread.
-type Spawn<T> = Box<dyn FnOnce() -> std::io::Result<T> + Send>;
+type Started = std::io::Result<(SessionCgroup, tokio::process::Child)>;
 
 struct Job {
     limits: SessionLimits,
-    run: Box<dyn FnOnce(Result<SessionCgroup, CgroupError>) + Send>,
+    spec: ChildSpec,
+    reply: mpsc::SyncSender<Started>,
 }
 
 /// The spawner thread's handle.
@@ -42,30 +49,72 @@ impl std::fmt::Debug for CgroupSpawner {
     }
 }
 
-/// The spare the thread sits in, and how many were made (for names).
+/// The spare the thread sits in (v1) or whose stub waits (v2), and how
+/// many were made (for names).
 struct Spare {
-    cgroup: Option<SessionCgroup>,
+    ready: Option<(SessionCgroup, Option<Stub>)>,
     made: u64,
+    /// This executable, for v2's stubs.
+    stub_binary: PathBuf,
 }
 
 impl Spare {
-    /// Makes a spare and moves the calling thread into it.
+    /// Makes a spare and gets the calling thread (v1) or a new stub (v2)
+    /// into it.
     fn refill(&mut self, manager: &CgroupManager, limits: &SessionLimits) {
         self.made += 1;
-        let made = manager
-            .create("spare", self.made, limits)
-            .and_then(|cg| cg.adopt_current_thread().map(|()| cg));
+        let made =
+            manager
+                .create("spare", self.made, limits)
+                .and_then(|cg| match manager.version() {
+                    CgroupVersion::V1 => cg.adopt_current_thread().map(|()| (cg, None)),
+                    CgroupVersion::V2 => {
+                        let stub = Stub::spawn(&self.stub_binary).map_err(CgroupError::Stub)?;
+                        let pid = stub.pid().ok_or_else(|| {
+                            CgroupError::Stub(std::io::Error::other("the stub exited at once"))
+                        })?;
+                        cg.adopt_process(pid)?;
+                        Ok((cg, Some(stub)))
+                    }
+                });
         match made {
-            Ok(cg) => self.cgroup = Some(cg),
+            Ok(ready) => self.ready = Some(ready),
             Err(e) => tracing::warn!("cannot prepare a session cgroup ahead of time: {e}"),
         }
+    }
+
+    /// Starts `spec` in the spare (made now, the slow way, if there is
+    /// none), which becomes the session's.
+    fn start(&mut self, manager: &CgroupManager, job: Job) {
+        if self.ready.is_none() {
+            self.refill(manager, &job.limits);
+        }
+        let started = match self.ready.take() {
+            None => Err(std::io::Error::other(
+                "no session cgroup could be made (see the warning before)",
+            )),
+            Some((cg, stub)) => match manager.set_limits(&cg, &job.limits) {
+                Err(e) => Err(std::io::Error::other(e)),
+                Ok(()) => match stub {
+                    Some(stub) => stub.exec(job.spec),
+                    None => job.spec.spawn(),
+                }
+                .map(|child| (cg, child)),
+            },
+        };
+        let _ = job.reply.send(started);
     }
 }
 
 impl CgroupSpawner {
     /// Starts the thread (inside the tokio runtime: spawned children are
-    /// registered with it). `limits` are the defaults the first spare gets.
-    pub fn start(manager: CgroupManager, limits: SessionLimits) -> std::io::Result<Self> {
+    /// registered with it). `limits` are the defaults the first spare gets;
+    /// `stub_binary` is this executable (cgroup v2's exec stubs).
+    pub fn start(
+        manager: CgroupManager,
+        limits: SessionLimits,
+        stub_binary: PathBuf,
+    ) -> std::io::Result<Self> {
         let manager = Arc::new(manager);
         let runtime = tokio::runtime::Handle::current();
         let (tx, rx) = mpsc::channel::<Job>();
@@ -78,27 +127,17 @@ impl CgroupSpawner {
                 let joined = super::keyring::join_for_sandboxes();
                 let _ = ready_tx.send(joined);
                 let mut spare = Spare {
-                    cgroup: None,
+                    ready: None,
                     made: 0,
+                    stub_binary,
                 };
                 spare.refill(&thread_manager, &limits);
                 while let Ok(job) = rx.recv() {
-                    let taken = match spare.cgroup.take() {
-                        Some(cg) => thread_manager.set_limits(&cg, &job.limits).map(|()| cg),
-                        // No spare (making one failed): one made now, the
-                        // slow way.
-                        None => {
-                            spare.refill(&thread_manager, &job.limits);
-                            spare
-                                .cgroup
-                                .take()
-                                .ok_or(CgroupError::ThreadCgroup("spare"))
-                        }
-                    };
-                    (job.run)(taken);
-                    // The session owns that cgroup now; sit in a new spare
-                    // (the slow move happens here, after the spawn).
-                    spare.refill(&thread_manager, &job.limits);
+                    let limits = job.limits;
+                    spare.start(&thread_manager, job);
+                    // The session owns that cgroup now; a new spare (the
+                    // slow move happens here, after the spawn).
+                    spare.refill(&thread_manager, &limits);
                 }
             })?;
         let private_keyring = ready_rx
@@ -120,24 +159,15 @@ impl CgroupSpawner {
         &self.manager
     }
 
-    /// Runs `spawn` on the spawner thread, inside a session cgroup with
-    /// `limits`; returns the cgroup (now the session's) and what `spawn`
-    /// returned. Blocks the caller for the spawn only.
-    pub fn spawn_in_session<T: Send + 'static>(
-        &self,
-        limits: SessionLimits,
-        spawn: Spawn<T>,
-    ) -> Result<(SessionCgroup, T), std::io::Error> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    /// Starts `spec` on the spawner thread, inside a session cgroup with
+    /// `limits`; returns the cgroup (now the session's) and the child.
+    /// Blocks the caller for the spawn only.
+    pub fn spawn_in_session(&self, limits: SessionLimits, spec: ChildSpec) -> Started {
+        let (reply, reply_rx) = mpsc::sync_channel(1);
         let job = Job {
             limits,
-            run: Box::new(move |cgroup| {
-                let outcome = match cgroup {
-                    Ok(cg) => spawn().map(|spawned| (cg, spawned)),
-                    Err(e) => Err(std::io::Error::other(e)),
-                };
-                let _ = reply_tx.send(outcome);
-            }),
+            spec,
+            reply,
         };
         self.jobs
             .lock()

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod cgroup_spawner;
+pub mod exec_stub;
 pub mod fds;
 pub mod keyring;
 pub mod pin;

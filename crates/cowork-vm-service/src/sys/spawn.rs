@@ -10,7 +10,9 @@
 //! through [`SPAWN_LOCK`] so no other child is started in that window.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
@@ -60,6 +62,40 @@ pub fn with_inherited<T>(
 pub fn exclusive<T>(spawn: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let _only_us = lock();
     spawn()
+}
+
+/// A sandbox's bubblewrap as data: started from the calling thread
+/// ([`ChildSpec::spawn`]) or handed to an exec stub already waiting in
+/// the session's cgroup (`sys::exec_stub`). Either way the child has
+/// `stdin` as its stdin, stdout on `/dev/null`, stderr piped to the
+/// daemon, a process group of its own, exactly `env` as its environment,
+/// and the `keep` descriptors at their numbers (bwrap's `--*-fd`
+/// arguments name them).
+#[derive(Debug)]
+pub struct ChildSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: OwnedFd,
+    pub keep: Vec<OwnedFd>,
+}
+
+impl ChildSpec {
+    /// posix_spawn from this thread (it inherits the thread's cgroups and
+    /// session keyring).
+    pub fn spawn(self) -> io::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(self.stdin))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let fds: Vec<BorrowedFd<'_>> = self.keep.iter().map(AsFd::as_fd).collect();
+        with_inherited(&fds, || cmd.spawn())
+    }
 }
 
 #[cfg(test)]

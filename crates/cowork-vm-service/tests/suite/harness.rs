@@ -138,6 +138,8 @@ pub struct Options {
     pub session_key: Option<(String, String)>,
     /// The daemon's open-file limit (soft, hard), set with prlimit.
     pub nofile: Option<(u64, u64)>,
+    /// A cgroup v2 directory the daemon starts in (its own cgroup).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Runs `cmd` through python3, which first adds a `user` key to the
@@ -254,6 +256,17 @@ impl Daemon {
                 .arg(cmd.get_program())
                 .args(cmd.get_args());
             cmd = limited;
+        }
+        if let Some(dir) = &opts.cgroup {
+            // setpriv execs, so the daemon is the process moved here.
+            let mut placed = Command::new("/bin/sh");
+            placed
+                .arg("-c")
+                .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                .arg(dir)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = placed;
         }
         cmd.arg("/opt/claude/resources/cowork-vm-service.js")
             .arg("-socket")

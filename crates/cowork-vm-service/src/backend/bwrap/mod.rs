@@ -101,7 +101,12 @@ impl BwrapBackend {
         let cgroups = match CgroupManager::detect() {
             Ok(m) => {
                 tracing::info!("session limits: {}", m.describe());
-                match CgroupSpawner::start(m, settings.default_limits) {
+                if let Some(partly) = m.unenforced() {
+                    let w = format!("some session limits are not enforced: {partly}");
+                    tracing::warn!("{w}");
+                    warnings.push(w);
+                }
+                match CgroupSpawner::start(m, settings.default_limits, agent_binary.clone()) {
                     Ok(spawner) => Some(spawner),
                     Err(e) => {
                         let w = format!(

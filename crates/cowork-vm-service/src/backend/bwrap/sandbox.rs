@@ -8,9 +8,8 @@
 //! environment; bwrap starts inside the session's cgroup (when limits can
 //! be enforced) as the sandbox's host identity.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,6 @@ use cowork_policy::mounts::MountMode;
 use rustix::fs::OFlags;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 use super::identity::Identity;
 use crate::backend::PinnedMount;
@@ -38,7 +36,7 @@ use crate::process_events::ProcessEvents;
 use crate::sessions::SessionDir;
 use crate::sys::cgroup_spawner::CgroupSpawner;
 use crate::sys::pin::pin_real;
-use crate::sys::spawn;
+use crate::sys::spawn::ChildSpec;
 use crate::sys::spawner::SpawnerThread;
 use cowork_policy::net::AllowList;
 use tokio::task::AbortHandle;
@@ -100,10 +98,6 @@ impl Passed {
         let n = fd.as_raw_fd();
         self.0.push(fd);
         Source::Fd(n)
-    }
-
-    fn borrowed(&self) -> Vec<BorrowedFd<'_>> {
-        self.0.iter().map(AsFd::as_fd).collect()
     }
 }
 
@@ -235,34 +229,30 @@ impl Sandbox {
             "session {session} generation {generation}: bwrap {}",
             argv.join(" ")
         );
-        let mut cmd = Command::new(&env.bwrap);
-        cmd.args(&argv)
-            .env_clear()
-            .stdin(Stdio::from(agent_end))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(path) = &env.path_var {
-            cmd.env("PATH", path);
-        }
-        // bwrap and everything in the sandbox are born in the session's
-        // cgroup: started by the thread that waits in a spare one (see
-        // `sys::cgroup_spawner`), or right here when limits are not
-        // enforced.
-        let mut spawn_it = move || {
-            let fds = passed.borrowed();
-            spawn::with_inherited(&fds, || cmd.spawn())
+        let spec = ChildSpec {
+            program: env.bwrap.clone(),
+            args: argv,
+            env: env
+                .path_var
+                .iter()
+                .map(|path| ("PATH".to_string(), path.clone()))
+                .collect(),
+            stdin: agent_end,
+            keep: passed.0,
         };
+        // bwrap and everything in the sandbox are born in the session's
+        // cgroup: started by the thread that waits in a spare one, or by
+        // the stub waiting there (see `sys::cgroup_spawner`), or right
+        // here when limits are not enforced.
         let (cgroup, mut child) = match &env.cgroups {
-            Some(spawner) => match spawner.spawn_in_session(*limits, Box::new(spawn_it)) {
+            Some(spawner) => match spawner.spawn_in_session(*limits, spec) {
                 Ok((cg, child)) => (Some(Arc::new(cg)), child),
                 Err(e) => return Err(format!("cannot run {}: {e}", env.bwrap.display())),
             },
             None => {
                 let spawned = match &env.spawner {
-                    Some(thread) => thread.run(Box::new(spawn_it)),
-                    None => spawn_it(),
+                    Some(thread) => thread.run(Box::new(move || spec.spawn())),
+                    None => spec.spawn(),
                 };
                 (
                     None,
@@ -303,8 +293,15 @@ impl Sandbox {
                 }
                 Err(e) => tracing::warn!("session {name}: waiting for bwrap: {e}"),
             }
-            // With bwrap gone, the sandbox's pid namespace is empty: the
-            // cgroup can go when the last holder lets go of it.
+            // A bwrap killed by a group kill can go before its sandbox
+            // (pid 1 inside ends when it sees the channel close): the
+            // cgroup can go once empty, when the last holder lets go.
+            if let Some(cg) = &kept_cgroup {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !cg.is_empty() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             drop(kept_cgroup);
         });
         let oom = cgroup.map(|cg| {
