@@ -143,7 +143,7 @@ fn limits_check(cg: &CgroupLimits) -> Check {
         )
         .hint(
             "start the daemon in a cgroup of its own with the controllers delegated, e.g. \
-             `systemd-run --user -p Delegate=yes --unit=cowork-vm-service cowork-vm-service` \
+             `systemd-run --user -p Delegate=yes --unit=cowork-vm-service /usr/bin/cowork-vm-service` \
              before the client (which then uses its socket)",
         ),
     }
