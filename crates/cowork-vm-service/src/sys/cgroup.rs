@@ -366,14 +366,6 @@ impl SessionCgroup {
             .map(|d| d.dir.as_path())
     }
 
-    /// On cgroup v2, the session's directory (whatever it limits).
-    pub fn v2_dir(&self) -> Option<&Path> {
-        self.v2_enabled
-            .as_ref()
-            .and(self.dirs.first())
-            .map(|d| d.dir.as_path())
-    }
-
     /// Whether no process is left in it (or it cannot be read).
     pub fn is_empty(&self) -> bool {
         self.dirs.iter().all(|d| {
@@ -386,12 +378,11 @@ impl SessionCgroup {
     /// a command, as for a spare's exec stub.
     pub fn adopt_process(&self, pid: u32) -> Result<(), CgroupError> {
         let pid = pid.to_string();
+        let file = match self.v2_enabled {
+            Some(_) => "cgroup.procs",
+            None => "tasks",
+        };
         for d in &self.dirs {
-            let file = if self.v2_enabled.is_some() {
-                "cgroup.procs"
-            } else {
-                "tasks"
-            };
             write_tid(&d.dir.join(file), &pid)?;
         }
         Ok(())

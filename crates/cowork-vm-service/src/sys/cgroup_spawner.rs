@@ -169,13 +169,6 @@ impl CgroupSpawner {
             spec,
             reply,
         };
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| std::io::Error::other("the cgroup spawner thread is gone"))?;
-        reply_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the cgroup spawner thread is gone"))?
+        super::spawner::hand_over(&self.jobs, job, &reply_rx, "the cgroup spawner thread")
     }
 }

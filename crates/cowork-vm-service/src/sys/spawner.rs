@@ -53,13 +53,22 @@ impl SpawnerThread {
         let job: Job = Box::new(move || {
             let _ = reply_tx.send(spawn());
         });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| std::io::Error::other("the sandbox spawner thread is gone"))?;
-        reply_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the sandbox spawner thread is gone"))?
+        hand_over(&self.jobs, job, &reply_rx, "the sandbox spawner thread")
     }
+}
+
+/// Queues `job` for a spawner thread (`who`, for errors) and waits for its
+/// reply.
+pub(super) fn hand_over<J, T>(
+    jobs: &std::sync::Mutex<mpsc::Sender<J>>,
+    job: J,
+    reply: &mpsc::Receiver<std::io::Result<T>>,
+    who: &str,
+) -> std::io::Result<T> {
+    let gone = || std::io::Error::other(format!("{who} is gone"));
+    jobs.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .map_err(|_| gone())?;
+    reply.recv().map_err(|_| gone())?
 }
