@@ -17,6 +17,9 @@ if [ "$(id -u)" = 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl git python3 >/dev/null
     # The package checks (scripts/package-test.sh).
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian man-db >/dev/null
+    # A systemd user manager with its session bus, for the transient-scope
+    # test (tests/suite/cgroup_v2.rs starts one as the test account).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd dbus-user-session >/dev/null
 fi
 
 # The real Claude Code CLI (a self-contained native binary from npm), for the

@@ -24,7 +24,9 @@
 //! # Resources
 //!
 //! [`limits`] turns `configure`/`startVM` into [`limits::SessionLimits`]
-//! and tmpfs sizes; [`cgroup`] into the cgroup files of each session.
+//! and tmpfs sizes; [`cgroup`] into the cgroup files of each session;
+//! [`systemd_scope`] asks the systemd user manager for a delegated subtree
+//! when the daemon's own cgroup is not one.
 //!
 //! # Passing the plan
 //!
@@ -38,6 +40,7 @@ pub mod cgroup;
 pub mod landlock;
 pub mod limits;
 pub mod seccomp;
+pub mod systemd_scope;
 
 use serde::{Deserialize, Serialize};
 

@@ -117,7 +117,8 @@ fn limits_check(cg: &CgroupLimits) -> Check {
             )
             .hint(
                 "delegate those controllers to the daemon's unit too \
-                 (Delegate=yes delegates memory, pids and cpu)",
+                 (Delegate=yes delegates memory, pids and cpu); a transient scope gets only \
+                 what the systemd user manager was given (`Delegate=` of user@.service)",
             ),
         },
         Err(reason) if cg.v1_hierarchies && !cg.root => {
@@ -304,6 +305,19 @@ mod tests {
                 },
                 "Warn session limits (memory, CPU, processes) partly enforced: cgroup v2 (memory, \
                  pids): /sys/fs/cgroup/s/cowork-vm-service; the cpu controller is not delegated",
+            ),
+            (
+                CgroupLimits {
+                    detected: Ok("cgroup v2 (memory, pids, cpu) in a transient systemd user \
+                                  scope with Delegate=yes, which the daemon asks the user \
+                                  manager for at start-up"
+                        .into()),
+                    unenforced: None,
+                    v1_hierarchies: false,
+                    root: false,
+                },
+                "Pass session limits (memory, CPU, processes) enforced: cgroup v2 (memory, pids, \
+                 cpu) in a transient systemd user scope",
             ),
         ];
         for (facts, want) in cases {

@@ -19,6 +19,11 @@
 //!   of `memory pids cpu` for `<own>/cowork-vm-service-<pid>/`, and makes
 //!   session cgroups there. Controllers the subtree lacks are reported as
 //!   not enforced; the sessions are still placed;
+//! * **cgroup v2 through the systemd user manager** when the daemon's own
+//!   cgroup is not such a subtree (a daemon started by the desktop client
+//!   shares the client's app scope): the manager moves the daemon into a
+//!   transient scope with `Delegate=yes` of its own (`sys::systemd_scope`),
+//!   which is then a delegated subtree as above;
 //! * otherwise [`NotEnforced`] with the reason (for `--doctor` and
 //!   `getDaemonInfo`).
 //!
@@ -44,9 +49,6 @@
 //! On cgroup v2 threads of one process cannot sit in different (domain)
 //! cgroups, so this trick does not exist: a stub process waits in the
 //! spare cgroup instead and execs bwrap when asked (`sys::exec_stub`).
-//! Not done: a transient systemd scope (`StartTransientUnit` with
-//! `Delegate=yes`) for a daemon that shares its cgroup with other
-//! processes (a desktop's app scope holding the client too).
 
 use std::fs;
 use std::io;
@@ -59,6 +61,8 @@ use cowork_policy::confine::cgroup::{
     v1_mount, v1_path, v1_plan, v2_decision, v2_path, v2_plan,
 };
 use cowork_policy::confine::limits::SessionLimits;
+
+use super::systemd_scope;
 
 /// Why sessions get no cgroup limits on this host.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +116,17 @@ struct V2Controllers {
     missing: Vec<&'static str>,
     /// The daemon's own cgroup, for messages.
     own: PathBuf,
+    /// Where the systemd user manager comes in.
+    scope: Option<Scope>,
+}
+
+/// The daemon's subtree is a transient systemd user scope.
+#[derive(Debug, Clone)]
+enum Scope {
+    /// It was moved into this one (`cowork-vm-service-<pid>.scope`).
+    Unit(String),
+    /// `--doctor`: a daemon started here would ask for one and could get it.
+    Prospective,
 }
 
 /// Which cgroup version the manager uses.
@@ -220,13 +235,21 @@ impl CgroupManager {
     pub fn unenforced(&self) -> Option<String> {
         let v2 = self.v2.as_ref()?;
         (!v2.missing.is_empty()).then(|| {
+            let whose = match v2.scope {
+                Some(Scope::Prospective) => {
+                    "the systemd user manager (so not to its scopes)".to_string()
+                }
+                _ => format!(
+                    "the daemon's cgroup v2 {} (missing from its cgroup.controllers)",
+                    v2.own.display()
+                ),
+            };
             format!(
-                "the {} controller{} {} not delegated to the daemon's cgroup v2 {} \
-                 (missing from its cgroup.controllers), so those limits are not enforced",
+                "the {} controller{} {} not delegated to {whose}, so those limits are not \
+                 enforced",
                 v2.missing.join(", "),
                 if v2.missing.len() == 1 { "" } else { "s" },
                 if v2.missing.len() == 1 { "is" } else { "are" },
-                v2.own.display()
             )
         })
     }
@@ -239,15 +262,25 @@ impl CgroupManager {
                 .iter()
                 .map(|c| c.parent.display().to_string())
                 .collect();
-            return format!(
-                "cgroup v2 ({}): {}",
-                if v2.enabled.is_empty() {
-                    "no controllers".to_string()
-                } else {
-                    v2.enabled.join(", ")
-                },
-                dirs.join(" ")
-            );
+            let controllers = if v2.enabled.is_empty() {
+                "no controllers".to_string()
+            } else {
+                v2.enabled.join(", ")
+            };
+            return match &v2.scope {
+                None => format!("cgroup v2 ({controllers}): {}", dirs.join(" ")),
+                Some(Scope::Unit(unit)) => format!(
+                    "cgroup v2 ({controllers}) in the transient systemd user scope {unit} \
+                     (Delegate=yes): {}",
+                    dirs.join(" ")
+                ),
+                Some(Scope::Prospective) => format!(
+                    "cgroup v2 ({controllers}) in a transient systemd user scope with \
+                     Delegate=yes, which the daemon asks the user manager for at start-up \
+                     (it shares {} with other processes)",
+                    v2.own.display()
+                ),
+            };
         }
         let dirs: Vec<String> = self
             .parents
@@ -545,8 +578,9 @@ fn sweep_stale(dir: &Path) {
 
 /// Session cgroups on cgroup v2 under the daemon's own cgroup (see the
 /// module doc), or why not. With `take_over` the daemon moves into its
-/// leaf and enables the controllers; without, nothing changes (the
-/// doctor's view).
+/// leaf and enables the controllers, first asking the systemd user manager
+/// for a delegated scope if its own cgroup is not one; without, nothing
+/// changes (the doctor's view).
 fn detect_v2(
     mounts: &[CgroupMount],
     own: &[cowork_policy::confine::cgroup::ProcCgroup],
@@ -556,71 +590,168 @@ fn detect_v2(
         .iter()
         .find(|m| m.v1_controllers.is_none())
         .ok_or("no cgroup v2 hierarchy is mounted")?;
-    let dir = v2_path(own)
-        .and_then(|path| cgroup_dir(unified, path))
-        .ok_or("the daemon's cgroup v2 is not below the mounted hierarchy")?;
-    let read_in = |file: &str| {
-        fs::read_to_string(dir.join(file))
-            .map_err(|e| format!("reading {}: {e}", dir.join(file).display()))
-    };
-    let controllers = read_in("cgroup.controllers")?;
-    let procs = read_in("cgroup.procs")?;
-    let can_write = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
-    let writable = can_write(&dir)
-        && can_write(&dir.join("cgroup.procs"))
-        && can_write(&dir.join("cgroup.subtree_control"));
-    let pid = std::process::id();
-    let (enabled, missing) = match v2_decision(&V2Subtree {
-        dir: &dir,
-        controllers: &controllers,
-        procs: &procs,
-        own_pid: pid,
-        writable,
-    }) {
+    let own_path = v2_path(own).ok_or("the daemon has no cgroup v2 (no 0:: line)")?;
+    let found = V2Found::read(unified, own_path)?;
+    let (enabled, missing) = match found.decide() {
         V2Decision::Use { enable, missing } => (enable, missing),
-        V2Decision::Refuse(reason) => return Err(reason),
-    };
-    let parent = dir.join(daemon_dir_name(pid));
-    if take_over {
-        let fail = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
-            format!("{what} {}: {e}", path.display())
-        };
-        let leaf = parent.join(V2_DAEMON_LEAF);
-        for d in [&parent, &leaf] {
-            match fs::create_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fail("creating", d, &e)),
-            }
+        V2Decision::Refuse(reason) if !take_over => {
+            return match systemd_scope::inspect(own_path) {
+                Ok(manager) => Ok(prospective_scope(unified, &manager, found.dir)),
+                Err(e) => Err(format!("{reason}; {e}")),
+            };
         }
-        // Out of the way first: a cgroup with processes in it cannot
-        // enable controllers for its children.
-        let procs_file = leaf.join("cgroup.procs");
-        fs::write(&procs_file, pid.to_string())
-            .map_err(|e| fail("moving the daemon into", &procs_file, &e))?;
-        sweep_stale(&dir);
-        if !enabled.is_empty() {
-            let line = subtree_control_line(&enabled);
-            for d in [&dir, &parent] {
-                let file = d.join("cgroup.subtree_control");
-                fs::write(&file, &line)
-                    .map_err(|e| fail(&format!("writing {line:?} to"), &file, &e))?;
+        V2Decision::Refuse(reason) => {
+            let unit = systemd_scope::move_self(own_path).map_err(|e| format!("{reason}; {e}"))?;
+            let text = fs::read_to_string("/proc/self/cgroup")
+                .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+            let lines = parse_proc_cgroup(&text);
+            let path = v2_path(&lines).unwrap_or_default();
+            if !path.ends_with(&format!("/{unit}")) {
+                return Err(format!(
+                    "{reason}; the systemd user manager started {unit} but the daemon is in \
+                     {path}, not in it"
+                ));
             }
+            tracing::info!(
+                "moved into the systemd user scope {unit} (Delegate=yes) for session limits"
+            );
+            let found = V2Found::read(unified, path)?;
+            return match found.decide() {
+                V2Decision::Use { enable, missing } => {
+                    take_v2(unified, found.dir, enable, missing, Some(unit))
+                }
+                V2Decision::Refuse(r) => Err(format!("{reason}; in the scope {unit}: {r}")),
+            };
+        }
+    };
+    if take_over {
+        take_v2(unified, found.dir, enabled, missing, None)
+    } else {
+        Ok(v2_manager(unified, found.dir, enabled, missing, None))
+    }
+}
+
+/// What the daemon finds at its cgroup v2 directory.
+struct V2Found {
+    dir: PathBuf,
+    controllers: String,
+    procs: String,
+    writable: bool,
+}
+
+impl V2Found {
+    fn read(unified: &CgroupMount, path: &str) -> Result<V2Found, String> {
+        let dir = cgroup_dir(unified, path)
+            .ok_or("the daemon's cgroup v2 is not below the mounted hierarchy")?;
+        let read_in = |file: &str| {
+            fs::read_to_string(dir.join(file))
+                .map_err(|e| format!("reading {}: {e}", dir.join(file).display()))
+        };
+        let controllers = read_in("cgroup.controllers")?;
+        let procs = read_in("cgroup.procs")?;
+        let can_write = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+        let writable = can_write(&dir)
+            && can_write(&dir.join("cgroup.procs"))
+            && can_write(&dir.join("cgroup.subtree_control"));
+        Ok(V2Found {
+            dir,
+            controllers,
+            procs,
+            writable,
+        })
+    }
+
+    fn decide(&self) -> V2Decision {
+        v2_decision(&V2Subtree {
+            dir: &self.dir,
+            controllers: &self.controllers,
+            procs: &self.procs,
+            own_pid: std::process::id(),
+            writable: self.writable,
+        })
+    }
+}
+
+/// Moves the daemon into its leaf below `dir` and enables `enabled` for
+/// the session cgroups.
+fn take_v2(
+    unified: &CgroupMount,
+    dir: PathBuf,
+    enabled: Vec<&'static str>,
+    missing: Vec<&'static str>,
+    scope: Option<String>,
+) -> Result<CgroupManager, String> {
+    let fail = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("{what} {}: {e}", path.display())
+    };
+    let pid = std::process::id();
+    let parent = dir.join(daemon_dir_name(pid));
+    let leaf = parent.join(V2_DAEMON_LEAF);
+    for d in [&parent, &leaf] {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail("creating", d, &e)),
         }
     }
-    Ok(CgroupManager {
+    // Out of the way first: a cgroup with processes in it cannot enable
+    // controllers for its children.
+    let procs_file = leaf.join("cgroup.procs");
+    fs::write(&procs_file, pid.to_string())
+        .map_err(|e| fail("moving the daemon into", &procs_file, &e))?;
+    sweep_stale(&dir);
+    if !enabled.is_empty() {
+        let line = subtree_control_line(&enabled);
+        for d in [&dir, &parent] {
+            let file = d.join("cgroup.subtree_control");
+            fs::write(&file, &line)
+                .map_err(|e| fail(&format!("writing {line:?} to"), &file, &e))?;
+        }
+    }
+    Ok(v2_manager(
+        unified,
+        dir,
+        enabled,
+        missing,
+        scope.map(Scope::Unit),
+    ))
+}
+
+fn v2_manager(
+    unified: &CgroupMount,
+    dir: PathBuf,
+    enabled: Vec<&'static str>,
+    missing: Vec<&'static str>,
+    scope: Option<Scope>,
+) -> CgroupManager {
+    CgroupManager {
         parents: vec![Controller {
             name: "unified",
             mount: unified.clone(),
-            parent,
+            parent: dir.join(daemon_dir_name(std::process::id())),
         }],
         swap_accounting: false,
         v2: Some(V2Controllers {
             enabled,
             missing,
             own: dir,
+            scope,
         }),
-    })
+    }
+}
+
+/// For `--doctor`: what a daemon started here gets from the user manager.
+/// Its controllers are the ones the manager itself was given (a delegated
+/// scope gets those).
+fn prospective_scope(unified: &CgroupMount, manager: &str, own: PathBuf) -> CgroupManager {
+    let given = cgroup_dir(unified, manager)
+        .and_then(|d| fs::read_to_string(d.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    let available: Vec<&str> = given.split_whitespace().collect();
+    let (enabled, missing) = CONTROLLERS.iter().partition(|c| available.contains(c));
+    let mut m = v2_manager(unified, own, enabled, missing, Some(Scope::Prospective));
+    m.parents.clear();
+    m
 }
 
 #[cfg(test)]

@@ -10,4 +10,5 @@ pub mod pin;
 pub mod privileges;
 pub mod spawn;
 pub mod spawner;
+pub mod systemd_scope;
 pub mod tree;

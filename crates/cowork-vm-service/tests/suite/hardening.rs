@@ -17,7 +17,7 @@ use super::harness::{
     Client, Daemon, Outcome, TestUser, is_root, require_unprivileged_user, run_in,
 };
 
-fn start(env: &[(&str, &str)]) -> Daemon {
+pub(super) fn start(env: &[(&str, &str)]) -> Daemon {
     start_as(require_unprivileged_user(), env)
 }
 
@@ -243,7 +243,7 @@ fn sandbox_blocks_filling_host_memory_through_dev_shm() {
 }
 
 /// The warning of a daemon that cannot enforce limits.
-const NOT_ENFORCED: &str = "session limits (memory, CPU, processes) are not enforced";
+pub(super) const NOT_ENFORCED: &str = "session limits (memory, CPU, processes) are not enforced";
 
 /// A daemon that enforces session limits: as root, one running as root
 /// (the sandbox is then uid 0 without capabilities), which must say
@@ -295,7 +295,7 @@ fn exit_event(events: &mut Client, id: &str, timeout: Duration) -> (String, Valu
     panic!("no exit event for {id} within {timeout:?}: {stdout}");
 }
 
-fn spawn(d: &Daemon, session: &str, id: &str, argv: &[&str]) {
+pub(super) fn spawn(d: &Daemon, session: &str, id: &str, argv: &[&str]) {
     d.call(
         "spawn",
         json!({"id": id, "name": session, "command": argv[0], "args": &argv[1..]}),
@@ -408,187 +408,4 @@ fn sandbox_blocks_fork_bombs_at_the_process_limit() {
     d.call("kill", json!({"id": "bomb", "signal": "SIGKILL"}));
     let (_, exit) = exit_event(&mut events, "bomb", Duration::from_secs(20));
     assert_eq!(exit["signal"], "SIGKILL", "{exit}");
-}
-
-/// The cgroup v2 hierarchy's mount point (`/sys/fs/cgroup/unified` on a
-/// hybrid host like this project's machines, `/sys/fs/cgroup` on v2 ones).
-fn cgroup2_mount() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(point))
-        })
-        .expect("a cgroup2 hierarchy is mounted (the unified one of a hybrid host at least)")
-}
-
-/// The command lines of the processes in cgroup `dir`.
-fn cgroup_members(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .collect()
-}
-
-/// Removes a cgroup tree (deepest first), waiting for its processes to go.
-fn remove_cgroup_tree(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut dirs: Vec<PathBuf> = walkdir_dirs(dir);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        let all_gone = dirs.iter().all(|d| std::fs::remove_dir(d).is_ok());
-        if all_gone || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn walkdir_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        if let Ok(entries) = std::fs::read_dir(&out[i]) {
-            out.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-        i += 1;
-    }
-    out
-}
-
-/// cgroup v2 delegation, for real: as root, the test makes a delegated
-/// subtree on this host's cgroup v2 hierarchy (the three files `chown`ed,
-/// as systemd's `Delegate=yes` does) and starts the unprivileged daemon in
-/// it. The daemon must move itself into a leaf, and each session's
-/// sandbox (bwrap, the agent, the commands) must be born in a cgroup of
-/// its own, one per session, gone with the session. This host's v2
-/// hierarchy has no memory/pids/cpu controller to give (they are bound
-/// to v1), so the daemon must also say those limits are not enforced;
-/// the limits themselves are tested for real on v1 above and their v2
-/// files are table-tested (`v2_plan_table`). Not as root: the daemon's
-/// own v2 cgroup is not delegated, and it must say so.
-#[test]
-fn sessions_land_in_their_own_cgroup_v2_cgroup_in_a_delegated_subtree() {
-    use std::os::unix::fs::chown;
-    if !is_root() {
-        let d = start(&[]);
-        let info = d.call("getDaemonInfo", json!({}));
-        assert!(
-            info["warnings"]
-                .to_string()
-                .contains("is not delegated to it"),
-            "{info}"
-        );
-        return;
-    }
-    let user = require_unprivileged_user().expect("the test account");
-    let delegated = cgroup2_mount().join(format!("cowork-test-v2-{}", std::process::id()));
-    std::fs::create_dir(&delegated).unwrap();
-    let _remove = RemoveCgroupTree(delegated.clone());
-    for f in [
-        "",
-        "cgroup.procs",
-        "cgroup.subtree_control",
-        "cgroup.threads",
-    ] {
-        chown(delegated.join(f), Some(user.uid), Some(user.gid)).unwrap();
-    }
-    let d = Daemon::start_with(super::harness::Options {
-        backend: Some("bwrap"),
-        user: Some(user),
-        cgroup: Some(delegated.clone()),
-        ..Default::default()
-    });
-    let parent = delegated.join(format!("cowork-vm-service-{}", d.pid()));
-    let info = d.call("getDaemonInfo", json!({}));
-    let warnings = info["warnings"].to_string();
-    assert!(
-        warnings.contains("some session limits are not enforced")
-            && warnings.contains("memory, pids, cpu controllers are not delegated"),
-        "the missing controllers are named: {info}"
-    );
-    assert!(!warnings.contains(NOT_ENFORCED), "{info}");
-    let leaf = std::fs::read_to_string(parent.join("daemon/cgroup.procs")).unwrap();
-    assert!(
-        leaf.lines().any(|p| p == d.pid().to_string()),
-        "the daemon moved into its own leaf: {leaf:?}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(delegated.join("cgroup.procs")).unwrap(),
-        "",
-        "and left its cgroup (which gives the controllers) empty"
-    );
-    spawn(&d, "v2-one", "p1", &["/bin/sleep", "30.1"]);
-    spawn(&d, "v2-two", "p2", &["/bin/sleep", "30.2"]);
-    // Where each sleeper is (the spawn returns before its exec is seen).
-    let find = |argv: &str| {
-        walkdir_dirs(&parent)
-            .into_iter()
-            .find(|dir| cgroup_members(dir).iter().any(|c| c.trim_end() == argv))
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (one, two) = loop {
-        if let (Some(a), Some(b)) = (find("/bin/sleep 30.1"), find("/bin/sleep 30.2")) {
-            break (a, b);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sleepers not found under {}",
-            parent.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_ne!(one, two, "one cgroup per session");
-    for dir in [&one, &two] {
-        assert_ne!(dir, &parent.join("daemon"));
-        assert_eq!(dir.parent(), Some(parent.as_path()));
-        let members = cgroup_members(dir);
-        assert!(
-            members.iter().any(|c| c.contains("bwrap")),
-            "bwrap was born there too: {members:?}"
-        );
-        assert!(
-            members.iter().any(|c| c.contains(" agent --fd")),
-            "and the agent: {members:?}"
-        );
-    }
-    // A stub waits in the next spare, off the path of the next session.
-    assert!(
-        walkdir_dirs(&parent).iter().any(|dir| cgroup_members(dir)
-            .iter()
-            .any(|c| c.contains(" exec-stub --fd "))),
-        "a spare with its stub"
-    );
-    // Stopping the sessions removes their cgroups.
-    d.call("stopVM", json!({}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while one.exists() || two.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "session cgroups left after stopVM: {:?} {:?} {}",
-            cgroup_members(&one),
-            cgroup_members(&two),
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(d);
-}
-
-/// Removes its cgroup tree when dropped (also when the test fails).
-struct RemoveCgroupTree(PathBuf);
-
-impl Drop for RemoveCgroupTree {
-    fn drop(&mut self) {
-        remove_cgroup_tree(&self.0);
-    }
 }

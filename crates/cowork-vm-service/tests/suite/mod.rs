@@ -1,6 +1,7 @@
 pub mod harness;
 
 mod bwrap;
+mod cgroup_v2;
 mod claude_code;
 mod contract;
 mod doctor;
