@@ -17,17 +17,13 @@
 //! carries the same connections as streams over its channel instead, to
 //! the same proxy (`cowork_netproxy::serve_stream`).
 
-use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use cowork_policy::net::{HTTP_PROXY_ENDPOINT, SOCKS_PROXY_ENDPOINT};
 use cowork_protocol::agent::LISTENERS_MARKER;
-use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType, bind, listen,
-    sendmsg, socket_with,
-};
+use rustix::net::{AddressFamily, SocketType, bind, listen, socket_with};
 
 /// Pending connections each endpoint queues before the daemon accepts.
 const BACKLOG: i32 = 1024;
@@ -49,17 +45,10 @@ fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
 pub(crate) fn hand_over(channel: &OwnedFd) -> io::Result<()> {
     let http = listener(HTTP_PROXY_ENDPOINT)?;
     let socks = listener(SOCKS_PROXY_ENDPOINT)?;
-    let fds = [http.as_fd(), socks.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(io::Error::other("ancillary buffer too small"));
-    }
-    let sent = sendmsg(
+    let sent = crate::sys::scm_rights::send_with_fds(
         channel,
-        &[IoSlice::new(&[LISTENERS_MARKER])],
-        &mut control,
-        SendFlags::NOSIGNAL,
+        &[LISTENERS_MARKER],
+        &[http.as_fd(), socks.as_fd()],
     )?;
     if sent != 1 {
         return Err(io::Error::other("the listeners were not sent"));

@@ -477,9 +477,6 @@ fn as_listener(fd: OwnedFd) -> std::io::Result<std::net::TcpListener> {
 async fn receive_listeners(
     read_half: &tokio::net::unix::OwnedReadHalf,
 ) -> std::io::Result<ProxyListeners> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-    use std::io::IoSliceMut;
-    use std::mem::MaybeUninit;
     let stream: &UnixStream = read_half.as_ref();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut marker = [0u8; 1];
@@ -487,20 +484,7 @@ async fn receive_listeners(
         loop {
             read_half.readable().await?;
             let got = stream.try_io(tokio::io::Interest::READABLE, || {
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-                let mut control = RecvAncillaryBuffer::new(&mut space);
-                let msg = recvmsg(
-                    stream,
-                    &mut [IoSliceMut::new(&mut marker)],
-                    &mut control,
-                    RecvFlags::CMSG_CLOEXEC,
-                )?;
-                for m in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(rights) = m {
-                        fds.extend(rights);
-                    }
-                }
-                Ok(msg.bytes)
+                crate::sys::scm_rights::recv_with_fds(stream, &mut marker, 2, &mut fds)
             });
             match got {
                 Ok(n) => return Ok::<usize, std::io::Error>(n),

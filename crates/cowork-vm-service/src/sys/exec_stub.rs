@@ -29,8 +29,7 @@
 //! A stub whose daemon goes away reads end-of-file and exits.
 
 use std::ffi::OsString;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,12 +37,11 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recv, recvmsg, send, sendmsg,
-    socketpair,
+    AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, recv, send, socketpair,
 };
 use serde::{Deserialize, Serialize};
 
+use super::scm_rights::{recv_with_fds, send_with_fds};
 use super::spawn::{ChildSpec, with_inherited};
 
 /// `argv[1]` of a stub.
@@ -154,26 +152,12 @@ fn receive(socket: &OwnedFd) -> Result<Option<(ExecRequest, Vec<OwnedFd>)>, Stub
         )));
     }
     let mut fds = Vec::with_capacity(nfds);
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
     while fds.len() < nfds {
-        let mut byte = [0u8; 1];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let got = recvmsg(
-            socket,
-            &mut [IoSliceMut::new(&mut byte)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
-        if got.bytes == 0 {
+        let before = fds.len();
+        if recv_with_fds(socket, &mut [0u8; 1], FDS_PER_MESSAGE, &mut fds)? == 0 {
             return Err(StubError::Malformed(
                 "end of input among the descriptors".into(),
             ));
-        }
-        let before = fds.len();
-        for m in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(rights) = m {
-                fds.extend(rights);
-            }
         }
         if fds.len() == before {
             return Err(StubError::Malformed(
@@ -323,19 +307,8 @@ impl Stub {
         header[..4].copy_from_slice(&len(payload.len())?.to_le_bytes());
         header[4..].copy_from_slice(&len(fds.len())?.to_le_bytes());
         send(&socket, &header, SendFlags::NOSIGNAL)?;
-        let mut space =
-            vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
         for chunk in fds.chunks(FDS_PER_MESSAGE) {
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
-                return Err(io::Error::other("ancillary buffer too small"));
-            }
-            sendmsg(
-                &socket,
-                &[IoSlice::new(&[0])],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            )?;
+            send_with_fds(&socket, &[0], chunk)?;
         }
         for chunk in payload.chunks(PAYLOAD_CHUNK) {
             send(&socket, chunk, SendFlags::NOSIGNAL)?;

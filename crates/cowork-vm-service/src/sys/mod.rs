@@ -8,6 +8,7 @@ pub mod fds;
 pub mod keyring;
 pub mod pin;
 pub mod privileges;
+pub mod scm_rights;
 pub mod spawn;
 pub mod spawner;
 pub mod systemd_scope;
