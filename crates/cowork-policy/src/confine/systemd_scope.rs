@@ -96,9 +96,104 @@ pub fn job_outcome(unit: &str, result: &str) -> Result<(), String> {
     }
 }
 
+/// The socket files the session bus may be at: `DBUS_SESSION_BUS_ADDRESS`
+/// (`;`-separated addresses), else `$XDG_RUNTIME_DIR/bus`, else
+/// `/run/user/<uid>/bus` (where D-Bus clients look). `None` when an
+/// address is of another kind (`unix:abstract=`, `tcp:`, …): then only
+/// connecting tells. Lets the daemon skip the attempt where there is
+/// plainly no bus (no socket file), as on a machine without a desktop.
+pub fn bus_socket_paths(
+    address: Option<&str>,
+    runtime_dir: Option<&str>,
+    uid: u32,
+) -> Option<Vec<std::path::PathBuf>> {
+    let Some(address) = address.filter(|a| !a.trim().is_empty()) else {
+        let dir = runtime_dir
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("/run/user/{uid}"));
+        return Some(vec![std::path::Path::new(&dir).join("bus")]);
+    };
+    address
+        .split(';')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let params = a.strip_prefix("unix:")?;
+            let mut path = None;
+            for kv in params.split(',') {
+                match kv.split_once('=') {
+                    Some(("path", p)) => path = Some(unescape(p)?),
+                    Some(("guid", _)) => {}
+                    _ => return None,
+                }
+            }
+            path.map(std::path::PathBuf::from)
+        })
+        .collect()
+}
+
+/// D-Bus address values escape bytes as `%xx`.
+fn unescape(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bus_socket_paths_table() {
+        use std::path::PathBuf;
+        let p = |s: &str| Some(vec![PathBuf::from(s)]);
+        let table: &[(Option<&str>, Option<&str>, Option<Vec<PathBuf>>)] = &[
+            (
+                Some("unix:path=/run/user/1000/bus"),
+                None,
+                p("/run/user/1000/bus"),
+            ),
+            (
+                Some("unix:path=/run/user/1000/bus,guid=0123abcd"),
+                Some("/ignored"),
+                p("/run/user/1000/bus"),
+            ),
+            (Some("unix:path=/tmp/a%20b"), None, p("/tmp/a b")),
+            (
+                Some("unix:path=/a;unix:path=/b"),
+                None,
+                Some(vec![PathBuf::from("/a"), PathBuf::from("/b")]),
+            ),
+            // Kinds only connecting can tell about.
+            (Some("unix:abstract=/tmp/dbus-x,guid=1"), None, None),
+            (Some("unix:path=/a;tcp:host=localhost,port=1"), None, None),
+            (Some("unix:runtime=yes"), None, None),
+            (Some("unix:path=/a%zz"), None, None),
+            // Unset or empty: where clients look by default.
+            (None, Some("/run/user/1000"), p("/run/user/1000/bus")),
+            (Some(""), Some("/x"), p("/x/bus")),
+            (None, None, p("/run/user/1000/bus")),
+            (None, Some(""), p("/run/user/1000/bus")),
+        ];
+        for (address, runtime, want) in table {
+            assert_eq!(
+                &bus_socket_paths(*address, *runtime, 1000),
+                want,
+                "{address:?} {runtime:?}"
+            );
+        }
+    }
 
     #[test]
     fn scope_properties_delegate_and_hold_only_the_daemon() {

@@ -22,7 +22,8 @@
 use std::time::Duration;
 
 use cowork_policy::confine::systemd_scope::{
-    ScopeDecision, ScopeProperty, job_outcome, scope_decision, scope_properties, scope_unit,
+    ScopeDecision, ScopeProperty, bus_socket_paths, job_outcome, scope_decision, scope_properties,
+    scope_unit,
 };
 use futures::StreamExt;
 use zbus::{
@@ -44,6 +45,11 @@ pub enum ScopeError {
          ({0}; DBUS_SESSION_BUS_ADDRESS or $XDG_RUNTIME_DIR/bus)"
     )]
     Bus(#[source] zbus::Error),
+    #[error(
+        "no systemd user manager to ask for a delegated scope: no session bus at {0} \
+         (DBUS_SESSION_BUS_ADDRESS or $XDG_RUNTIME_DIR/bus)"
+    )]
+    NoBus(String),
     #[error("asking the systemd user manager for a delegated scope ({step}): {source}")]
     Call {
         step: &'static str,
@@ -68,6 +74,7 @@ fn call(step: &'static str) -> impl FnOnce(zbus::Error) -> ScopeError {
 /// can move the daemon into a delegated scope. Asks nothing to change; for
 /// `--doctor`.
 pub fn inspect(own: &str) -> Result<String, ScopeError> {
+    no_bus_socket()?;
     let own = own.to_string();
     on_own_thread(async move {
         let conn = Connection::session().await.map_err(ScopeError::Bus)?;
@@ -83,6 +90,7 @@ pub fn inspect(own: &str) -> Result<String, ScopeError> {
 /// returns its unit name once the manager's job is done. `own` is the
 /// daemon's current v2 cgroup path.
 pub fn move_self(own: &str) -> Result<String, ScopeError> {
+    no_bus_socket()?;
     let own = own.to_string();
     on_own_thread(async move {
         let conn = Connection::session().await.map_err(ScopeError::Bus)?;
@@ -143,6 +151,24 @@ pub fn move_self(own: &str) -> Result<String, ScopeError> {
             "the session bus closed before the systemd user manager finished starting {unit}"
         )))
     })
+}
+
+/// Fails at once, without a thread or a connection, when the session bus
+/// has plainly no socket (no desktop session, as on a build machine).
+fn no_bus_socket() -> Result<(), ScopeError> {
+    let var = |name: &str| std::env::var(name).ok();
+    let paths = bus_socket_paths(
+        var("DBUS_SESSION_BUS_ADDRESS").as_deref(),
+        var("XDG_RUNTIME_DIR").as_deref(),
+        rustix::process::geteuid().as_raw(),
+    );
+    match paths {
+        Some(paths) if !paths.iter().any(|p| p.exists()) => {
+            let listed: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            Err(ScopeError::NoBus(listed.join(", ")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The manager's own cgroup (`ControlGroup`, e.g.
