@@ -17,9 +17,10 @@
 //! (`user-UID.slice/session-N.scope`, an SSH or console login) is not, so a
 //! daemon there is not moved and is told how to start instead.
 
-/// The transient scope's unit name: one per daemon process.
-pub fn scope_unit(pid: u32) -> String {
-    format!("cowork-vm-service-{pid}.scope")
+/// The transient scope's unit name: one per daemon process; `nonce` (a
+/// random number) keeps a leftover scope of a reused pid from colliding.
+pub fn scope_unit(pid: u32, nonce: u32) -> String {
+    format!("cowork-vm-service-{pid}-{nonce:08x}.scope")
 }
 
 /// One property of the `StartTransientUnit` call (`a(sv)`).
@@ -198,7 +199,10 @@ mod tests {
     #[test]
     fn scope_properties_delegate_and_hold_only_the_daemon() {
         let props = scope_properties(4242);
-        assert_eq!(scope_unit(4242), "cowork-vm-service-4242.scope");
+        assert_eq!(
+            scope_unit(4242, 0xbeef),
+            "cowork-vm-service-4242-0000beef.scope"
+        );
         let get = |name: &str| {
             props
                 .iter()
@@ -214,6 +218,7 @@ mod tests {
         assert!(matches!(get("Description"), Some(ScopeProperty::Str(d)) if d.contains("4242")));
         assert_eq!(get("Slice"), None, "the manager's default slice");
         let mut names: Vec<_> = props.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), props.len(), "no property twice");
     }

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
 };
 
@@ -32,8 +32,8 @@ pub fn send_with_fds(socket: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) ->
 /// Receives one message into `buf`, appending the attached descriptors
 /// (close-on-exec) to `fds`, with room for at least `max_fds` of them;
 /// returns the bytes received (0 at end of input). Descriptors beyond the
-/// room are closed by the kernel (the message is truncated,
-/// `MSG_CTRUNC`), never leaked into this process.
+/// room are closed by the kernel (`MSG_CTRUNC`), never leaked into this
+/// process, and the message is then an error.
 pub fn recv_with_fds(
     socket: impl AsFd,
     buf: &mut [u8],
@@ -52,6 +52,11 @@ pub fn recv_with_fds(
         if let RecvAncillaryMessage::ScmRights(rights) = m {
             fds.extend(rights);
         }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::other(format!(
+            "more descriptors were sent than the {max_fds} expected (the rest were closed)"
+        )));
     }
     Ok(msg.bytes)
 }
@@ -95,12 +100,11 @@ mod tests {
         send_with_fds(&a, b"y", &five).unwrap();
         let mut buf = [0u8; 1];
         let mut fds = Vec::new();
-        assert_eq!(recv_with_fds(&b, &mut buf, 1, &mut fds).unwrap(), 1);
-        // The room is rounded up to the control message's alignment.
-        assert!(
-            (1..5).contains(&fds.len()),
-            "as many as there was room for: {fds:?}"
-        );
+        let e = recv_with_fds(&b, &mut buf, 1, &mut fds).unwrap_err();
+        assert!(e.to_string().contains("more descriptors"), "{e}");
+        // The room is rounded up to the control message's alignment; what
+        // did not fit was closed, not received.
+        assert!((1..5).contains(&fds.len()), "{fds:?}");
     }
 
     #[test]

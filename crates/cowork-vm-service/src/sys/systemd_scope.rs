@@ -17,7 +17,8 @@
 //!
 //! Runs on a thread of its own with a one-thread tokio runtime, so callers
 //! may be synchronous or on the daemon's runtime alike; it blocks them for
-//! one round trip to the manager (about 3 ms here), [`TIMEOUT`] at most.
+//! a few round trips to the bus and the manager's job (about 3 ms here),
+//! [`TIMEOUT`] at most.
 
 use std::time::Duration;
 
@@ -59,7 +60,10 @@ pub enum ScopeError {
     /// The manager cannot move the daemon, or said no; what to do instead.
     #[error("{0}")]
     Refused(String),
-    #[error("the systemd user manager did not answer within {} s", TIMEOUT.as_secs())]
+    #[error(
+        "no answer on the session bus within {} s (the connection or the systemd user manager)",
+        TIMEOUT.as_secs()
+    )]
     Timeout,
     #[error("starting a thread for the D-Bus call to the systemd user manager: {0}")]
     Thread(#[source] std::io::Error),
@@ -74,11 +78,14 @@ fn call(step: &'static str) -> impl FnOnce(zbus::Error) -> ScopeError {
 /// can move the daemon into a delegated scope. Asks nothing to change; for
 /// `--doctor`.
 pub fn inspect(own: &str) -> Result<String, ScopeError> {
-    no_bus_socket()?;
+    let socket = bus_socket()?;
     let own = own.to_string();
     on_own_thread(async move {
-        let conn = Connection::session().await.map_err(ScopeError::Bus)?;
+        let conn = connect(&socket).await?;
+        // The manager's name first: the bus queues calls to it while the
+        // manager is still starting.
         let manager = manager_cgroup(&conn).await?;
+        same_pid_namespace(&conn).await?;
         match scope_decision(&own, &manager) {
             ScopeDecision::Ask => Ok(manager),
             ScopeDecision::Refuse(why) => Err(ScopeError::Refused(why)),
@@ -90,22 +97,30 @@ pub fn inspect(own: &str) -> Result<String, ScopeError> {
 /// returns its unit name once the manager's job is done. `own` is the
 /// daemon's current v2 cgroup path.
 pub fn move_self(own: &str) -> Result<String, ScopeError> {
-    no_bus_socket()?;
+    let socket = bus_socket()?;
     let own = own.to_string();
     on_own_thread(async move {
-        let conn = Connection::session().await.map_err(ScopeError::Bus)?;
+        let conn = connect(&socket).await?;
+        // The manager's name first: the bus queues calls to it while the
+        // manager is still starting.
         let manager = manager_cgroup(&conn).await?;
+        same_pid_namespace(&conn).await?;
         if let ScopeDecision::Refuse(why) = scope_decision(&own, &manager) {
             return Err(ScopeError::Refused(why));
         }
         let pid = std::process::id();
-        let unit = scope_unit(pid);
+        // Random keys from the OS: the suffix keeps a leftover unit of a
+        // reused pid from colliding.
+        use std::hash::BuildHasher;
+        let nonce = std::collections::hash_map::RandomState::new().hash_one(pid) as u32;
+        let unit = scope_unit(pid, nonce);
         // Listen before asking: the job may end before the reply arrives.
         let rule = MatchRule::builder()
             .msg_type(Type::Signal)
             .sender(DEST)
             .interface(MANAGER)
             .member("JobRemoved")
+            .arg(2, unit.as_str())
             .build()
             .map_err(call("matching JobRemoved"))?;
         let mut removed = MessageStream::for_match_rule(rule, &conn, None)
@@ -153,21 +168,89 @@ pub fn move_self(own: &str) -> Result<String, ScopeError> {
     })
 }
 
-/// Fails at once, without a thread or a connection, when the session bus
-/// has plainly no socket (no desktop session, as on a build machine).
-fn no_bus_socket() -> Result<(), ScopeError> {
+/// The session bus's socket: the first `unix:path=` socket of
+/// `DBUS_SESSION_BUS_ADDRESS` (else `$XDG_RUNTIME_DIR/bus`) that exists
+/// and belongs to this user. Nothing else is connected to: an address of
+/// another kind (`tcp:`, `nonce-tcp:` with its file, `unix:abstract=`)
+/// would take the daemon off the host or to a bus it cannot check, and a
+/// root daemon never joins a user's manager (its sessions would then sit
+/// in a subtree that user controls). Decided without a thread or a
+/// connection, so a machine without a desktop session pays nothing.
+fn bus_socket() -> Result<std::path::PathBuf, ScopeError> {
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        return Err(ScopeError::Refused(
+            "a daemon running as root does not ask a user's systemd manager for a scope (its \
+             sessions would sit in a cgroup that user controls); run it as a system service \
+             with Delegate=yes"
+                .into(),
+        ));
+    }
     let var = |name: &str| std::env::var(name).ok();
-    let paths = bus_socket_paths(
-        var("DBUS_SESSION_BUS_ADDRESS").as_deref(),
+    let address = var("DBUS_SESSION_BUS_ADDRESS");
+    let Some(paths) = bus_socket_paths(
+        address.as_deref(),
         var("XDG_RUNTIME_DIR").as_deref(),
-        rustix::process::geteuid().as_raw(),
-    );
-    match paths {
-        Some(paths) if !paths.iter().any(|p| p.exists()) => {
-            let listed: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-            Err(ScopeError::NoBus(listed.join(", ")))
-        }
-        _ => Ok(()),
+        euid.as_raw(),
+    ) else {
+        return Err(ScopeError::NoBus(format!(
+            "{:?}, which is not a unix:path= socket (the only kind the daemon connects to)",
+            address.unwrap_or_default()
+        )));
+    };
+    let ours = |p: &std::path::Path| {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket() && m.uid() == euid.as_raw())
+    };
+    paths.iter().find(|p| ours(p)).cloned().ok_or_else(|| {
+        let listed: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        ScopeError::NoBus(format!(
+            "{} (no socket there that belongs to this user)",
+            listed.join(", ")
+        ))
+    })
+}
+
+/// A bus connection over `socket`.
+async fn connect(socket: &std::path::Path) -> Result<Connection, ScopeError> {
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| ScopeError::Bus(zbus::Error::InputOutput(e.into())))?;
+    zbus::connection::Builder::unix_stream(stream)
+        .build()
+        .await
+        .map_err(ScopeError::Bus)
+}
+
+/// Refuses a manager in another pid namespace: `PIDs` is read in the
+/// manager's, so our pid number would name some other process there (a
+/// daemon in a Flatpak reaching the host's bus, say).
+async fn same_pid_namespace(conn: &Connection) -> Result<(), ScopeError> {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetConnectionUnixProcessID",
+            &(DEST,),
+        )
+        .await
+        .map_err(call("finding the manager's pid"))?;
+    let pid: u32 = reply
+        .body()
+        .deserialize()
+        .map_err(call("finding the manager's pid"))?;
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if ns(&pid.to_string()).is_some()
+        && ns(&pid.to_string()) == ns("self")
+        && comm.trim() == "systemd"
+    {
+        Ok(())
+    } else {
+        Err(ScopeError::Refused(format!(
+            "the systemd user manager on the session bus (pid {pid} as the bus sees it) is not \
+             in this process's pid namespace, so it cannot be told which process to move"
+        )))
     }
 }
 
@@ -214,11 +297,15 @@ where
                     .enable_all()
                     .build()
                     .map_err(ScopeError::Thread)?;
-                runtime.block_on(async {
+                let result = runtime.block_on(async {
                     tokio::time::timeout(TIMEOUT, work)
                         .await
                         .unwrap_or(Err(ScopeError::Timeout))
-                })
+                });
+                // Not a plain drop, which would wait without a limit for
+                // blocking tasks the connection may have left.
+                runtime.shutdown_background();
+                result
             })
             .map_err(ScopeError::Thread)?;
         worker.join().unwrap_or_else(|_| {

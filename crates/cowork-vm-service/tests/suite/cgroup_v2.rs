@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::hardening::{NOT_ENFORCED, spawn, start};
 use super::harness::{
-    Daemon, Options, TestUser, env_pairs, is_root, require_unprivileged_user, run_in,
+    Daemon, Options, TestUser, binary_for, env_pairs, is_root, require_unprivileged_user, run_in,
 };
 
 /// The cgroup v2 hierarchy's mount point (`/sys/fs/cgroup/unified` on a
@@ -415,15 +415,22 @@ fn sessions_land_in_a_transient_systemd_scope_when_the_daemon_shares_the_clients
     let bus = manager.bus();
     let d = Daemon::start_with(Options {
         backend: Some("bwrap"),
-        user: Some(user),
+        user: Some(user.clone()),
         cgroup: Some(app.clone()),
         env: env_pairs(&[("DBUS_SESSION_BUS_ADDRESS", &bus)]),
         ..Default::default()
     });
     let pid = d.pid();
-    let unit = format!("cowork-vm-service-{pid}.scope");
-    let scope = manager.cgroup.join("app.slice").join(&unit);
+    // The backend (and with it the scope) is set up by the first request.
     let info = d.call("getDaemonInfo", json!({}));
+    // `cowork-vm-service-<pid>-<random>.scope`, beside the client's.
+    let unit = std::fs::read_dir(manager.cgroup.join("app.slice"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&format!("cowork-vm-service-{pid}-")) && n.ends_with(".scope"))
+        .unwrap_or_else(|| panic!("no scope of the daemon: {}\n{}", d.log(), manager.log()));
+    let scope = manager.cgroup.join("app.slice").join(&unit);
     let warnings = info["warnings"].to_string();
     assert!(
         !warnings.contains(NOT_ENFORCED),
@@ -452,6 +459,35 @@ fn sessions_land_in_a_transient_systemd_scope_when_the_daemon_shares_the_clients
         v2_cgroup_of(client.0.id() as i32),
         app_path,
         "the client stays in its app scope"
+    );
+    // `--doctor` from the same place reports what it would get and
+    // changes nothing: it stays in the app scope and starts no unit.
+    let doctor = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+        .arg(&app)
+        .arg("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args(["--clear-groups", "--", "/usr/bin/env", "-i"])
+        .arg(format!("DBUS_SESSION_BUS_ADDRESS={bus}"))
+        .arg(format!("HOME={}", d.home.display()))
+        .arg("PATH=/usr/bin:/bin")
+        .arg(binary_for(Some(&user)))
+        .arg("--doctor")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report
+            .contains("in a transient systemd user scope with Delegate=yes, which the daemon asks"),
+        "{report}"
+    );
+    let units = manager.systemctl(&["list-units", "--all", "--no-legend", "cowork-vm-service-*"]);
+    assert_eq!(
+        units.matches(".scope").count(),
+        1,
+        "only the daemon's: {units}"
     );
     spawn(&d, "scoped", "p1", &["/bin/sleep", "30.3"]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -516,4 +552,59 @@ fn sessions_land_in_a_transient_systemd_scope_when_the_daemon_shares_the_clients
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(app.exists(), "the client's scope is untouched");
+}
+
+/// A tricked daemon: the session bus address in its environment points off
+/// the host (`tcp:`, or `nonce-tcp:` whose nonce file would be sent) or at
+/// a socket another user owns. It must connect to neither and say why.
+#[test]
+fn daemon_never_connects_to_a_session_bus_off_host_or_of_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let dir = tempfile::Builder::new()
+        .prefix("cowork-bus-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let foreign = dir.path().join("bus");
+    let unix = std::os::unix::net::UnixListener::bind(&foreign).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cases = [
+        (
+            format!("tcp:host=127.0.0.1,port={port}"),
+            "not a unix:path= socket",
+        ),
+        (
+            format!("nonce-tcp:host=127.0.0.1,port={port},noncefile=/etc/passwd"),
+            "not a unix:path= socket",
+        ),
+        (
+            format!("unix:path={}", foreign.display()),
+            "no socket there that belongs to this user",
+        ),
+    ];
+    for (address, why) in cases {
+        // The foreign socket is root's: only a daemon of another user tells.
+        if why.contains("belongs") && !is_root() {
+            continue;
+        }
+        let d = start(&[("DBUS_SESSION_BUS_ADDRESS", &address)]);
+        let info = d.call("getDaemonInfo", json!({}));
+        assert!(
+            info["warnings"].to_string().contains(why),
+            "{address}: {info}"
+        );
+        drop(d);
+        assert!(
+            tcp.accept().is_err(),
+            "{address}: the daemon connected over TCP"
+        );
+        assert!(
+            unix.accept().is_err(),
+            "{address}: the daemon connected to root's socket"
+        );
+    }
 }
