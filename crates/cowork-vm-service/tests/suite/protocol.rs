@@ -73,13 +73,18 @@ fn a_slow_call_does_not_block_a_poll_on_the_same_pipe() {
         seen_writes < 80,
         "all writes finished before the poll: {seen_writes}"
     );
-    c.call("kill", json!({"id": "sleeper", "signal": "SIGKILL"}));
-    // The stuck writes now complete (with an error: stdin is gone).
-    let mut rest = 0;
-    while rest < 80 - seen_writes {
+    c.send(
+        &json!({"method": "kill", "id": "kill", "params": {"id": "sleeper", "signal": "SIGKILL"}}),
+    );
+    // The stuck writes now complete (with an error: stdin is gone), some
+    // of them possibly before the kill's own reply.
+    let (mut rest, mut killed) = (0, false);
+    while rest < 80 - seen_writes || !killed {
         let r = c.recv();
         if r["id"].is_number() {
             rest += 1;
+        } else if r["id"] == "kill" {
+            killed = true;
         }
     }
 }
