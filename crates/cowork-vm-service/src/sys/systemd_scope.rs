@@ -80,17 +80,24 @@ fn call(step: &'static str) -> impl FnOnce(zbus::Error) -> ScopeError {
 pub fn inspect(own: &str) -> Result<String, ScopeError> {
     let socket = bus_socket()?;
     let own = own.to_string();
-    on_own_thread(async move {
-        let conn = connect(&socket).await?;
-        // The manager's name first: the bus queues calls to it while the
-        // manager is still starting.
-        let manager = manager_cgroup(&conn).await?;
-        same_pid_namespace(&conn).await?;
-        match scope_decision(&own, &manager) {
-            ScopeDecision::Ask => Ok(manager),
-            ScopeDecision::Refuse(why) => Err(ScopeError::Refused(why)),
-        }
-    })
+    on_own_thread(async move { reach_manager(&socket, &own).await.map(|(_, m)| m) })
+}
+
+/// A connection to a user manager that can move a daemon in cgroup `own`,
+/// and the manager's own cgroup; or why there is none.
+async fn reach_manager(
+    socket: &std::path::Path,
+    own: &str,
+) -> Result<(Connection, String), ScopeError> {
+    let conn = connect(socket).await?;
+    // The manager's name first: the bus queues calls to it while the
+    // manager is still starting.
+    let manager = manager_cgroup(&conn).await?;
+    same_pid_namespace(&conn).await?;
+    match scope_decision(own, &manager) {
+        ScopeDecision::Ask => Ok((conn, manager)),
+        ScopeDecision::Refuse(why) => Err(ScopeError::Refused(why)),
+    }
 }
 
 /// Moves this process into a new transient scope with `Delegate=yes`;
@@ -100,14 +107,7 @@ pub fn move_self(own: &str) -> Result<String, ScopeError> {
     let socket = bus_socket()?;
     let own = own.to_string();
     on_own_thread(async move {
-        let conn = connect(&socket).await?;
-        // The manager's name first: the bus queues calls to it while the
-        // manager is still starting.
-        let manager = manager_cgroup(&conn).await?;
-        same_pid_namespace(&conn).await?;
-        if let ScopeDecision::Refuse(why) = scope_decision(&own, &manager) {
-            return Err(ScopeError::Refused(why));
-        }
+        let (conn, _) = reach_manager(&socket, &own).await?;
         let pid = std::process::id();
         // Random keys from the OS: the suffix keeps a leftover unit of a
         // reused pid from colliding.

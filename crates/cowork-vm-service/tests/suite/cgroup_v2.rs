@@ -87,7 +87,6 @@ fn walkdir_dirs(dir: &Path) -> Vec<PathBuf> {
 /// own v2 cgroup is not delegated, and it must say so.
 #[test]
 fn sessions_land_in_their_own_cgroup_v2_cgroup_in_a_delegated_subtree() {
-    use std::os::unix::fs::chown;
     if !is_root() {
         let d = start(&[]);
         let info = d.call("getDaemonInfo", json!({}));
@@ -103,14 +102,7 @@ fn sessions_land_in_their_own_cgroup_v2_cgroup_in_a_delegated_subtree() {
     let delegated = cgroup2_mount().join(format!("cowork-test-v2-{}", std::process::id()));
     std::fs::create_dir(&delegated).unwrap();
     let _remove = RemoveCgroupTree(delegated.clone());
-    for f in [
-        "",
-        "cgroup.procs",
-        "cgroup.subtree_control",
-        "cgroup.threads",
-    ] {
-        chown(delegated.join(f), Some(user.uid), Some(user.gid)).unwrap();
-    }
+    delegate(&delegated, &user);
     let d = Daemon::start_with(Options {
         backend: Some("bwrap"),
         user: Some(user),
@@ -225,6 +217,29 @@ fn delegate(dir: &Path, user: &TestUser) {
     }
 }
 
+/// `setpriv` to `user` (no supplementary groups), for the program and its
+/// arguments to follow.
+fn as_user(user: &TestUser) -> [String; 5] {
+    [
+        "/usr/bin/setpriv".into(),
+        format!("--reuid={}", user.uid),
+        format!("--regid={}", user.gid),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
+}
+
+/// A command that enters cgroup `dir` (as root, like systemd placing a
+/// process) and then runs as `user`; add the program and its arguments.
+fn in_cgroup_as(dir: &Path, user: &TestUser) -> std::process::Command {
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+        .arg(dir)
+        .args(as_user(user));
+    cmd
+}
+
 /// A systemd user manager of the test account, as a desktop session has
 /// one: in a cgroup v2 tree delegated to the account (its
 /// `user@UID.service`), with its session bus (dbus-daemon, started on
@@ -275,10 +290,8 @@ impl UserManager {
                    && mkdir /run/systemd/system && echo $$ > "$0/cgroup.procs" && exec "$@""#,
             )
             .arg(&cgroup)
-            .arg("/usr/bin/setpriv")
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
-            .args(["--clear-groups", "--", "/usr/bin/env", "-i"])
+            .args(as_user(user))
+            .args(["/usr/bin/env", "-i"])
             .arg(format!("HOME={}", dir.path().join("home").display()))
             .arg(format!(
                 "XDG_RUNTIME_DIR={}",
@@ -333,10 +346,10 @@ impl UserManager {
 
     /// `systemctl --user ARGS` as the account, on this session's bus.
     fn systemctl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("/usr/bin/setpriv")
-            .arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .args(["--clear-groups", "--", "/usr/bin/env", "-i"])
+        let [setpriv, ids @ ..] = as_user(&self.user);
+        let out = std::process::Command::new(setpriv)
+            .args(ids)
+            .args(["/usr/bin/env", "-i"])
             .arg(format!("DBUS_SESSION_BUS_ADDRESS={}", self.bus()))
             .arg(format!(
                 "XDG_RUNTIME_DIR={}",
@@ -401,14 +414,8 @@ fn sessions_land_in_a_transient_systemd_scope_when_the_daemon_shares_the_clients
     let manager = UserManager::start(&user);
     let app = manager.app_scope("app-cowork-test-client.scope");
     // The client: a process of the app's scope, as the desktop app is.
-    let client = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-        .arg(&app)
-        .arg("/usr/bin/setpriv")
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .args(["--clear-groups", "--", "/bin/sleep", "300.5"])
+    let client = in_cgroup_as(&app, &user)
+        .args(["/bin/sleep", "300.5"])
         .spawn()
         .unwrap();
     let client = KillOnDrop(client);
@@ -462,14 +469,8 @@ fn sessions_land_in_a_transient_systemd_scope_when_the_daemon_shares_the_clients
     );
     // `--doctor` from the same place reports what it would get and
     // changes nothing: it stays in the app scope and starts no unit.
-    let doctor = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-        .arg(&app)
-        .arg("/usr/bin/setpriv")
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .args(["--clear-groups", "--", "/usr/bin/env", "-i"])
+    let doctor = in_cgroup_as(&app, &user)
+        .args(["/usr/bin/env", "-i"])
         .arg(format!("DBUS_SESSION_BUS_ADDRESS={bus}"))
         .arg(format!("HOME={}", d.home.display()))
         .arg("PATH=/usr/bin:/bin")
